@@ -1,0 +1,126 @@
+"""Prefect flows: the whole pipeline, and one flow per stage for running a stage alone.
+
+Each stage's record is also written to ``<work_dir>/records/<stage>.json`` so the next stage can
+be re-run alone (``sslpipe evaluate`` reads ``records/pretrain.json`` by default).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect import flow, runtime
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, ConfigDict
+
+from sslcore.config import PipelineConfig
+from sslcore.preflight import preflight
+from tasks.evaluate import evaluate
+from tasks.ingest import ingest
+from tasks.pretrain import pretrain
+from tasks.records import EvaluateRecord, IngestRecord, PretrainRecord, RegisterRecord
+from tasks.register import register
+from tasks.runtime import mlflow_ui_command, quiet_telemetry, records_dir
+
+
+class RunSummary(BaseModel):
+    """What a finished pipeline run produced and where to look."""
+
+    model_config = ConfigDict(frozen=True)
+
+    flow_run_id: str
+    flow_run_url: str | None
+    stage_seconds: dict[str, float]
+    samples: dict[str, int]
+    metrics: dict[str, float]
+    images_per_s: float
+    register: RegisterRecord
+    mlflow_ui: str
+
+
+def _local_ray(config: PipelineConfig) -> bool:
+    return not (config.ray.address or os.environ.get("RAY_ADDRESS"))
+
+
+@flow(name="sslpipe", log_prints=True)
+def pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:  # noqa: B008 - frozen default
+    """Ingest -> pretrain -> evaluate -> register, on the embedded default unless configured."""
+    quiet_telemetry()
+    preflight(config, local_ray=_local_ray(config))
+    out = records_dir(config)
+    ingested = ingest(config)
+    ingested.save(out / "ingest.json")
+    trained = pretrain(config, ingested)
+    trained.save(out / "pretrain.json")
+    evaluated = evaluate(config, trained)
+    evaluated.save(out / "evaluate.json")
+    registered = register(config, evaluated)
+    registered.save(out / "register.json")
+    summary = RunSummary(
+        flow_run_id=str(runtime.flow_run.id),
+        flow_run_url=_ui_url(),
+        stage_seconds={
+            "ingest": ingested.duration_s,
+            "pretrain": trained.duration_s,
+            "evaluate": evaluated.duration_s,
+            "register": registered.duration_s,
+        },
+        samples=ingested.samples,
+        metrics=evaluated.metrics,
+        images_per_s=trained.images_per_s,
+        register=registered,
+        mlflow_ui=mlflow_ui_command(config),
+    )
+    create_markdown_artifact(key="run-summary", markdown=summary_markdown(summary), description="sslpipe run")
+    return summary
+
+
+def _ui_url() -> str | None:
+    """The run's page in the Prefect UI; none for the ephemeral server (it has no UI)."""
+    url = runtime.flow_run.ui_url
+    return url if url and url.startswith("http") else None
+
+
+def summary_markdown(s: RunSummary) -> str:
+    rows = "".join(f"| {k} | {v:.1f} s |\n" for k, v in s.stage_seconds.items())
+    m = s.metrics
+    return (
+        "## sslpipe run\n\n| stage | time |\n|---|---|\n" + rows + "\n"
+        f"kNN top-1 **{m['knn_top1']:.4f}** vs random init {m['random_init_knn_top1']:.4f} "
+        f"(test split, {int(m['test_samples'])} images).\n\n"
+        f"Registered `{s.register.model_uri}` = version {s.register.version}, "
+        f"MLflow run `{s.register.run_id}`.\n\nOpen MLflow: `{s.mlflow_ui}`\n"
+    )
+
+
+@flow(name="sslpipe-ingest", log_prints=True)
+def ingest_flow(config: PipelineConfig = PipelineConfig()) -> IngestRecord:  # noqa: B008
+    quiet_telemetry()
+    preflight(config, local_ray=False)
+    record = ingest(config)
+    record.save(records_dir(config) / "ingest.json")
+    return record
+
+
+@flow(name="sslpipe-pretrain", log_prints=True)
+def pretrain_flow(config: PipelineConfig, ingested: IngestRecord) -> PretrainRecord:
+    quiet_telemetry()
+    preflight(config, local_ray=_local_ray(config), check_data=False)
+    record = pretrain(config, ingested)
+    record.save(records_dir(config) / "pretrain.json")
+    return record
+
+
+@flow(name="sslpipe-evaluate", log_prints=True)
+def evaluate_flow(config: PipelineConfig, trained: PretrainRecord) -> EvaluateRecord:
+    quiet_telemetry()
+    record = evaluate(config, trained)
+    record.save(records_dir(config) / "evaluate.json")
+    return record
+
+
+@flow(name="sslpipe-register", log_prints=True)
+def register_flow(config: PipelineConfig, evaluated: EvaluateRecord) -> RegisterRecord:
+    quiet_telemetry()
+    record = register(config, evaluated)
+    record.save(records_dir(config) / "register.json")
+    return record

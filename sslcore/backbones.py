@@ -1,0 +1,69 @@
+"""Backbones come from timm only: ``timm.create_model(name, num_classes=0)``.
+
+The small-image stem option follows the usual CIFAR adaptation (SimCLR appendix B.9, solo-learn):
+a ResNet's 7x7 stride-2 stem and max-pool are replaced by a 3x3 stride-1 convolution, which keeps
+spatial resolution for 28-64 px inputs. ViTs instead get ``img_size`` and an optional ``patch_size``.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from sslcore.config import ModelConfig
+
+
+def _is_vit(model: nn.Module) -> bool:
+    return hasattr(model, "patch_embed")
+
+
+def _adapt_resnet_stem(model: nn.Module) -> None:
+    conv1 = model.conv1
+    if isinstance(conv1, nn.Conv2d):
+        model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, 1, 1, bias=False)
+    elif isinstance(conv1, nn.Sequential):  # deep stems (resnet*d, *t): first conv to stride 1
+        first = next(m for m in conv1.modules() if isinstance(m, nn.Conv2d))
+        first.stride = (1, 1)
+    else:  # pragma: no cover - timm ResNets only have these two stems
+        raise ValueError(f"unsupported ResNet stem {type(conv1).__name__}")
+    model.maxpool = nn.Identity()
+
+
+def create_backbone(cfg: ModelConfig, in_chans: int = 3) -> nn.Module:
+    """Build an untrained feature extractor that maps ``(B, C, S, S)`` to ``(B, num_features)``."""
+    kwargs: dict[str, object] = {}
+    probe = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, in_chans=in_chans)
+    if _is_vit(probe):
+        kwargs["img_size"] = cfg.image_size
+        if cfg.patch_size is not None:
+            kwargs["patch_size"] = cfg.patch_size
+        model = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+    else:
+        model = probe
+        if cfg.small_image_stem:
+            if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
+                raise ValueError(
+                    f"model.small_image_stem is only supported for ResNet-family backbones and ViTs, "
+                    f"not '{cfg.backbone}': set model.small_image_stem=false"
+                )
+            _adapt_resnet_stem(model)
+    return model
+
+
+def feature_dim(model: nn.Module) -> int:
+    """Width of the pooled features (timm's ``num_features``)."""
+    dim = getattr(model, "num_features", None)
+    if not isinstance(dim, int):  # pragma: no cover - every timm model sets it
+        raise ValueError("backbone has no integer num_features")
+    return dim
+
+
+@torch.no_grad()
+def output_dim(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
+    """Measure the feature width with a dummy forward (eval mode, restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    out = model(torch.zeros(1, in_chans, image_size, image_size))
+    model.train(was_training)
+    return int(out.shape[-1])

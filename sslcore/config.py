@@ -1,0 +1,341 @@
+"""Typed pipeline configuration.
+
+Every section is a frozen pydantic model that rejects unknown keys, so a typo in a YAML file or a
+``--set`` override fails before any work starts. YAML, CLI and flow parameters are parsed once, at
+the edge, by :func:`load_config`; everything below receives typed objects.
+
+Example:
+    >>> cfg = load_config(None, ["train.epochs=3", "method.temperature=0.2"])
+    >>> cfg.train.epochs
+    3
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_WORK_DIR = "./sslpipe-runs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the key and the fix."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+class DigitsSource(StrictModel):
+    """scikit-learn's bundled *digits*: 1,797 real 8x8 grayscale images of 10 classes."""
+
+    kind: Literal["digits"] = "digits"
+
+
+class FolderSource(StrictModel):
+    """Images under a local folder, found recursively."""
+
+    kind: Literal["folder"] = "folder"
+    path: str = Field(description="Folder to read images from, recursively.")
+    labels: Literal["none", "subfolder"] = Field(
+        "none", description="'subfolder': the first sub-folder level names the class (ImageFolder)."
+    )
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+Source = Annotated[DigitsSource | FolderSource, Field(discriminator="kind")]
+
+
+class IngestConfig(StrictModel):
+    source: Source = Field(default_factory=DigitsSource)
+    output: str | None = Field(None, description="Shard folder; default <work_dir>/shards.")
+    shard_max_samples: PositiveInt = 256
+    shard_max_bytes: PositiveInt = 64 * 1024 * 1024
+    test_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="Share of samples in the test split (stable hash of the key)."
+    )
+    image_format: Literal["png", "jpeg"] = Field(
+        "png", description="Encoding for images that must be re-encoded."
+    )
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    min_side: PositiveInt = Field(8, description="Images with a shorter side below this are rejected.")
+    max_pixels: PositiveInt = Field(
+        64_000_000, description="Images with more pixels are rejected (decompression-bomb guard)."
+    )
+
+
+# --------------------------------------------------------------------------- model and method
+
+
+class ModelConfig(StrictModel):
+    backbone: str = Field("resnet18", description="Any timm model name (timm.list_models()).")
+    small_image_stem: bool = Field(
+        True, description="ResNets: 3x3 stride-1 stem, no max-pool. For 28-64 px inputs."
+    )
+    image_size: PositiveInt = Field(16, description="Input side length after resizing.")
+    patch_size: PositiveInt | None = Field(None, description="ViTs: patch size override.")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        import timm
+
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown timm model '{name}'{hint}")
+        return name
+
+
+class SimCLRConfig(StrictModel):
+    """SimCLR, Chen et al. 2020, https://arxiv.org/abs/2002.05709."""
+
+    name: Literal["simclr"] = "simclr"
+    temperature: PositiveFloat = 0.2
+    projection_hidden_dim: PositiveInt = 512
+    projection_dim: PositiveInt = 128
+    gather_distributed: bool = Field(
+        True, description="Use negatives from every DDP rank (global batch) instead of the local one."
+    )
+
+
+MethodConfig = SimCLRConfig
+
+
+class AugmentConfig(StrictModel):
+    """Per-view augmentations (SimCLR-style), sized for small images by default."""
+
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    hflip_p: float = Field(0.0, ge=0.0, le=1.0)
+    color_jitter_p: float = Field(0.8, ge=0.0, le=1.0)
+    brightness: float = Field(0.4, ge=0.0)
+    contrast: float = Field(0.4, ge=0.0)
+    saturation: float = Field(0.4, ge=0.0)
+    hue: float = Field(0.1, ge=0.0, le=0.5)
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+    blur_p: float = Field(0.0, ge=0.0, le=1.0)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError("crop_scale must satisfy 0 < min <= max <= 1")
+        return v
+
+
+# --------------------------------------------------------------------------- training and execution
+
+
+class TrainConfig(StrictModel):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = Field(256, description="Global batch, split evenly across Ray workers.")
+    max_steps_per_epoch: PositiveInt | None = Field(None, description="Cap for quick runs and tests.")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: PositiveFloat = Field(2e-3, description="Learning rate at batch 256; scaled linearly with batch.")
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
+    loader_workers: NonNegativeInt = Field(1, description="DataLoader processes per Ray worker.")
+    amp: bool = Field(True, description="bf16 autocast when a CUDA device is used.")
+    seed: int = 0
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(None, description="Existing cluster; default $RAY_ADDRESS or a local Ray.")
+    num_workers: PositiveInt = 2
+    cpus_per_worker: PositiveInt = 1
+    use_gpu: bool = False
+    max_failures: NonNegativeInt = Field(2, description="Worker-group restarts before the run fails.")
+    checkpoints_to_keep: PositiveInt = 2
+
+
+class EvalConfig(StrictModel):
+    knn_k: PositiveInt = 20
+    knn_temperature: PositiveFloat = 0.07
+    batch_size: PositiveInt = 256
+
+
+class MlflowConfig(StrictModel):
+    tracking_uri: str | None = Field(
+        None, description="Default $MLFLOW_TRACKING_URI, else sqlite:///<work_dir>/mlflow.db."
+    )
+    experiment: str = "sslpipe"
+    model_name: str = Field("sslpipe-encoder", min_length=1)
+    alias: str = Field("candidate", min_length=1)
+
+
+class PipelineConfig(StrictModel):
+    """The whole pipeline: one section per stage plus where things live."""
+
+    work_dir: str = Field(DEFAULT_WORK_DIR, description="Shards, checkpoints and MLflow files go here.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=SimCLRConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> PipelineConfig:
+        if self.train.batch_size % self.ray.num_workers:
+            raise ValueError(
+                f"train.batch_size ({self.train.batch_size}) must be divisible by ray.num_workers "
+                f"({self.ray.num_workers})"
+            )
+        return self
+
+    @property
+    def work_path(self) -> Path:
+        return Path(self.work_dir).expanduser().resolve()
+
+    @property
+    def shard_dir(self) -> str:
+        return self.ingest.output or str(self.work_path / "shards")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``key.path=value``; the value is read as YAML (``3``, ``true``, ``[1, 2]``)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set '{item}': expected KEY=VALUE, e.g. --set train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set '{item}': value is not valid YAML ({exc.__class__.__name__})") from exc
+    return key.strip(), value
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys at ``loc`` (minus its last element) within ``model``, for did-you-mean hints."""
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        current = annotation if isinstance(annotation, type) else None
+        if current is None:
+            # Unions (sources): collect the fields of every member.
+            members = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
+            names = {n for m in members if issubclass(m, BaseModel) for n in m.model_fields}
+            return sorted(names)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _without_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop the discriminator tag pydantic inserts after a union field (``source.folder.path``)."""
+    out: list[Any] = []
+    current: Any = PipelineConfig
+    skip_next = False
+    for part in loc:
+        if skip_next:
+            skip_next = False
+            continue
+        out.append(part)
+        field = current.model_fields.get(str(part)) if isinstance(current, type) else None
+        annotation = field.annotation if field is not None else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            current = annotation
+        elif annotation is not None and getattr(annotation, "__args__", None):
+            skip_next = True
+            current = None
+        else:
+            current = None
+    return tuple(out)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the key, what is wrong and what to do."""
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        shown = _without_union_tags(loc) if err["type"] != "union_tag_invalid" else loc
+        key = ".".join(str(p) for p in shown) or "<root>"
+        if err["type"] == "extra_forbidden":
+            valid = _field_names(PipelineConfig, loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            parent = ".".join(str(p) for p in shown[:-1])
+            hint = (
+                f"did you mean '{parent + '.' if parent else ''}{close[0]}'?"
+                if close
+                else f"valid keys: {', '.join(valid)}"
+            )
+            problems.append(f"unknown key '{key}' ({hint})")
+        elif err["type"] == "union_tag_invalid":
+            problems.append(f"{key}: {err['msg']}")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            problems.append(f"{key}: {err['msg']}{shown}")
+    return "invalid config: " + "; ".join(problems)
+
+
+def build_config(data: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read an optional YAML file, apply ``key=value`` overrides, validate once."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist: pass an existing YAML file to --config")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise ConfigError(f"config file {p} is not valid YAML: {first}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    return build_config(data)

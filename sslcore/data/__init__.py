@@ -1,0 +1,1 @@
+"""Ingestion into webdataset shards, the shard manifest, and streaming the shards back."""

@@ -1,0 +1,61 @@
+"""torch.distributed helpers that degrade to no-ops in a single process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice.
+
+    Each rank's loss depends on every rank's embeddings (they are its negatives), so the gradient
+    of the global loss for the local slice is the sum of the slices' gradients over ranks.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.batch = x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.batch
+        return grad[start : start + ctx.batch]
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` (B, ...) from every rank along dim 0 (equal B on every rank), keeping the
+    gradient path to the local part."""
+    if not is_distributed():
+        return x
+    out: Tensor = _GatherWithGrad.apply(x)
+    return out
+
+
+def all_reduce_mean(x: Tensor) -> Tensor:
+    """Mean of ``x`` over ranks (a copy; no gradient)."""
+    if not is_distributed():
+        return x.detach().clone()
+    out = x.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()

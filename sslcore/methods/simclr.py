@@ -1,0 +1,58 @@
+"""SimCLR, Chen et al. 2020, https://arxiv.org/abs/2002.05709.
+
+Two augmented views of each image pass through the backbone and an MLP projection head; NT-Xent
+pulls each pair together and pushes it away from the other 2N - 2 views of the (global) batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sslcore import distributed
+from sslcore.backbones import feature_dim
+from sslcore.config import SimCLRConfig
+from sslcore.losses import ntxent
+from sslcore.methods.base import METHODS
+from sslcore.nn.heads import SimCLRProjectionHead
+
+
+@METHODS.register("simclr")
+class SimCLR(nn.Module):
+    """Backbone + projection head trained with NT-Xent.
+
+    Attributes:
+        backbone: maps (B, C, H, W) to features (B, F); the part that is kept after pretraining.
+        projection_head: maps features to the contrastive space (B, projection_dim).
+    """
+
+    num_views = 2
+
+    def __init__(self, backbone: nn.Module, cfg: SimCLRConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.projection_head = SimCLRProjectionHead(
+            feature_dim(backbone), cfg.projection_hidden_dim, cfg.projection_dim
+        )
+
+    def forward(self, views: list[Tensor]) -> dict[str, Tensor]:
+        """Loss of two views ``[x0, x1]``, each (B, C, H, W)."""
+        if len(views) != self.num_views:
+            raise ValueError(f"SimCLR takes {self.num_views} views, got {len(views)}")
+        x = torch.cat(views, dim=0)  # one backbone pass over both views keeps BN statistics joint
+        z0, z1 = self.projection_head(self.backbone(x)).chunk(2, dim=0)
+        z0_all = z1_all = None
+        offset = 0
+        if self.cfg.gather_distributed and distributed.is_distributed():
+            z0_all, z1_all = distributed.gather_with_grad(z0), distributed.gather_with_grad(z1)
+            offset = distributed.rank() * z0.shape[0]
+        loss = ntxent(z0, z1, temperature=self.cfg.temperature, z0_all=z0_all, z1_all=z1_all, offset=offset)
+        return {"loss": loss, "embedding_std": embedding_std(z0.detach())}
+
+
+def embedding_std(z: Tensor) -> Tensor:
+    """Mean per-dimension std of L2-normalised embeddings (B, D): ~1/sqrt(D) when healthy, 0 when
+    collapsed (Chen & He 2021, SimSiam sec. 4.1)."""
+    return F.normalize(z, dim=1).std(dim=0).mean()

@@ -1,0 +1,1 @@
+"""sslpipe: self-supervised pretraining pipelines (CLI entry point; the library is ``sslcore``)."""

@@ -1,0 +1,234 @@
+"""``sslpipe``: run the pipeline or one stage, and embed images with a registered encoder.
+
+Heavy imports (Prefect, Ray, MLflow, torch) happen inside the commands, so ``--help`` and config
+errors answer at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+app = typer.Typer(
+    help="Turn a folder or bucket of unlabeled images into a registered, evaluated vision backbone.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (sections as in `sslpipe config`).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one key, e.g. --set train.epochs=5 (repeatable)."),
+]
+FromOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--from", help="The previous stage's record (JSON); default <work_dir>/records/<stage>.json."
+    ),
+]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from tasks.errors import USER_ERRORS
+
+    return (*USER_ERRORS, FileNotFoundError)
+
+
+def _load(config: Path | None, overrides: list[str] | None) -> Any:
+    from sslcore.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _prepare(config: Path | None, overrides: list[str] | None, *, check_data: bool, ray: bool) -> Any:
+    """Parse config and run the pre-flight checks: everything that can fail fast, fails here."""
+    from tasks.runtime import quiet_telemetry
+
+    quiet_telemetry()
+    cfg = _load(config, overrides)
+    from sslcore.preflight import preflight
+
+    try:
+        import os
+
+        preflight(
+            cfg,
+            local_ray=ray and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")),
+            check_data=check_data,
+        )
+    except _user_errors() as exc:
+        _fail(str(exc))
+    return cfg
+
+
+def _run_flow(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except _user_errors() as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Run the whole pipeline: ingest, pretrain, evaluate, register."""
+    cfg = _prepare(config, set_, check_data=True, ray=True)
+    from flows.pipeline import pipeline
+
+    summary = _run_flow(pipeline, cfg)
+    _print_summary(summary)
+
+
+@app.command()
+def ingest(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Validate the source and write webdataset shards plus a manifest."""
+    cfg = _prepare(config, set_, check_data=True, ray=False)
+    from flows.pipeline import ingest_flow
+
+    record = _run_flow(ingest_flow, cfg)
+    typer.echo(f"shards: {record.shard_folder}  samples: {record.samples}  rejected: {record.rejected}")
+
+
+@app.command()
+def pretrain(config: ConfigOpt = None, set_: SetOpt = None, from_: FromOpt = None) -> None:
+    """Pretrain on ingested shards with Ray Train (resumes the same run if it exists)."""
+    cfg = _prepare(config, set_, check_data=False, ray=True)
+    from flows.pipeline import pretrain_flow
+    from tasks.records import IngestRecord, load_record
+    from tasks.runtime import records_dir
+
+    record = _run_flow(load_record, IngestRecord, from_ or records_dir(cfg) / "ingest.json")
+    out = _run_flow(pretrain_flow, cfg, record)
+    typer.echo(f"checkpoint: {out.checkpoint_path}  epochs: {out.epochs}  final loss: {out.final_loss:.4f}")
+
+
+@app.command()
+def evaluate(config: ConfigOpt = None, set_: SetOpt = None, from_: FromOpt = None) -> None:
+    """Evaluate a pretrained backbone (kNN) next to its random-init baseline."""
+    cfg = _prepare(config, set_, check_data=False, ray=False)
+    from flows.pipeline import evaluate_flow
+    from tasks.records import PretrainRecord, load_record
+    from tasks.runtime import records_dir
+
+    record = _run_flow(load_record, PretrainRecord, from_ or records_dir(cfg) / "pretrain.json")
+    out = _run_flow(evaluate_flow, cfg, record)
+    for key, value in out.metrics.items():
+        typer.echo(f"{key:>24}  {value:.4f}")
+
+
+@app.command()
+def register(config: ConfigOpt = None, set_: SetOpt = None, from_: FromOpt = None) -> None:
+    """Log the run to MLflow and register the encoder under the configured alias."""
+    cfg = _prepare(config, set_, check_data=False, ray=False)
+    from flows.pipeline import register_flow
+    from tasks.records import EvaluateRecord, load_record
+    from tasks.runtime import records_dir
+
+    record = _run_flow(load_record, EvaluateRecord, from_ or records_dir(cfg) / "evaluate.json")
+    out = _run_flow(register_flow, cfg, record)
+    typer.echo(f"registered {out.model_uri} (version {out.version}, run {out.run_id})")
+
+
+@app.command()
+def embed(
+    paths: Annotated[list[Path], typer.Argument(help="Image files to embed.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="MLflow model URI, e.g. models:/sslpipe-encoder@candidate.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the (N, D) float32 array.")
+    ] = Path("embeddings.npy"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Embed image files with a registered encoder and write a .npy (rows in argument order)."""
+    cfg = _load(config, set_)
+    import mlflow
+    import numpy as np
+
+    from sslpipe.images import read_images
+    from tasks.runtime import quiet_telemetry, tracking_uri
+
+    quiet_telemetry()
+    try:
+        images = read_images(paths)
+    except ValueError as exc:
+        _fail(str(exc))
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    try:
+        pyfunc = mlflow.pyfunc.load_model(model)
+    except Exception as exc:  # MlflowException and friends: unknown model, alias or server
+        _fail(f"cannot load model '{model}' from {tracking_uri(cfg)}: {str(exc).splitlines()[0]}")
+    rows: list[Any] = [None] * len(images)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    for idxs in by_shape.values():
+        out = pyfunc.predict(np.stack([images[i] for i in idxs]))
+        for i, row in zip(idxs, np.asarray(out), strict=True):
+            rows[i] = row
+    result = np.stack(rows).astype(np.float32)
+    np.save(output, result)
+    typer.echo(f"wrote {output} {result.shape}")
+
+
+@app.command("config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the fully resolved configuration as YAML (defaults + file + overrides)."""
+    import yaml
+
+    cfg = _load(config, set_)
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def _print_summary(summary: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="sslpipe run", show_header=True)
+    table.add_column("stage")
+    table.add_column("time", justify="right")
+    for stage, seconds in summary.stage_seconds.items():
+        table.add_row(stage, f"{seconds:.1f} s")
+    table.add_row("total", f"{sum(summary.stage_seconds.values()):.1f} s", style="bold")
+    console.print(table)
+    m = summary.metrics
+    console.print(
+        f"kNN top-1 (k=20, T=0.07) on {int(m['test_samples'])} test images: "
+        f"[bold green]{m['knn_top1']:.4f}[/] vs random init {m['random_init_knn_top1']:.4f} "
+        f"(top-5 {m['knn_top5']:.4f} vs {m['random_init_knn_top5']:.4f})"
+    )
+    reg = summary.register
+    console.print(f"training throughput: {summary.images_per_s:.0f} images/s")
+    console.print(f"model: [bold]{reg.model_uri}[/] -> version {reg.version}")
+    console.print(f"MLflow run: {reg.run_id} (experiment {reg.experiment_id}) at {reg.tracking_uri}")
+    console.print(
+        f"Prefect flow run: {summary.flow_run_id}"
+        + (f" {summary.flow_run_url}" if summary.flow_run_url else "")
+    )
+    console.print(f"open the MLflow UI: [cyan]{summary.mlflow_ui}[/]")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,89 @@
+"""Pretrain stage: self-supervised training on the shards with Ray Train."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from sslcore.config import PipelineConfig
+from sslcore.data.manifest import read_manifest
+from sslcore.preflight import PreflightError, check_local_resources
+from sslcore.train import plan_steps
+from tasks import ray_train
+from tasks.errors import retry_unless_user_error
+from tasks.records import IngestRecord, PretrainRecord
+from tasks.runtime import ray_storage_path
+
+
+def run_name_for(config: PipelineConfig, ingest: IngestRecord) -> str:
+    """Same data and training config -> same Ray Train run, so a retried or re-run stage resumes
+    from that run's latest checkpoint instead of starting over."""
+    relevant = {
+        "data": ingest.fingerprint,
+        **config.model_dump(mode="json", include={"model", "method", "augment", "train"}),
+        "workers": config.ray.num_workers,
+    }
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+    return f"pretrain-{config.method.name}-{digest[:12]}"
+
+
+@task(
+    name="pretrain",
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+    tags=["sslpipe", "pretrain", "ray"],
+)
+def pretrain(config: PipelineConfig, ingest: IngestRecord) -> PretrainRecord:
+    """Train ``config.method`` on the ingested shards; resume the same run if it exists."""
+    start = time.perf_counter()
+    manifest = read_manifest(ingest.shard_folder)
+    plan_steps(config, manifest.split("train").samples)  # batch vs data size, before starting Ray
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        check_local_resources(config)
+    ray_train.connect(address)
+    _check_cluster_resources(config)
+    run_name = run_name_for(config, ingest)
+    outcome = ray_train.fit(config, ingest.shard_folder, ray_storage_path(config), run_name)
+    history = outcome.history
+    record = PretrainRecord(
+        ingest=ingest,
+        run_name=outcome.run_name,
+        storage_path=outcome.storage_path,
+        checkpoint_path=outcome.checkpoint_path,
+        epochs=len(history),
+        steps=outcome.steps,
+        final_loss=history[-1]["loss"] if history else float("nan"),
+        images_per_s=sum(h["images_per_s"] for h in history) / max(len(history), 1),
+        history=history,
+        duration_s=time.perf_counter() - start,
+    )
+    create_markdown_artifact(
+        key="pretrain-summary",
+        markdown=(
+            f"### Pretrain\nRay Train run `{run_name}`, {record.epochs} epochs, {record.steps} steps, "
+            f"final loss {record.final_loss:.4f}, {record.images_per_s:.0f} images/s.\n\n"
+            f"Checkpoint: `{record.checkpoint_path}`\n"
+        ),
+    )
+    return record
+
+
+def _check_cluster_resources(config: PipelineConfig) -> None:
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    need = config.ray.num_workers * config.ray.cpus_per_worker
+    if need > cpus:
+        raise PreflightError(
+            f"ray.num_workers x ray.cpus_per_worker needs {need} CPUs but the Ray cluster has {cpus:g}: "
+            f"lower ray.num_workers or add nodes"
+        )

@@ -1,0 +1,70 @@
+"""Typed records that stages hand to each other. Each is small, JSON-serialisable and enough to
+re-run the next stage alone (``sslpipe pretrain --from ingest.json`` and so on)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)
+        return path
+
+
+R = TypeVar("R", bound=Record)
+
+
+def load_record(cls: type[R], path: Path) -> R:
+    if not path.is_file():
+        raise FileNotFoundError(f"no {cls.__name__} at {path}: run the previous stage first")
+    return cls.model_validate_json(path.read_text())
+
+
+class IngestRecord(Record):
+    shard_folder: str = Field(description="Folder (or URL) with the shards and manifest.json.")
+    manifest_path: str
+    fingerprint: str
+    samples: dict[str, int] = Field(description="Samples per split.")
+    num_classes: int
+    rejected: int
+    reused: bool = Field(description="True when a complete earlier output was found and kept.")
+    duration_s: float
+
+
+class PretrainRecord(Record):
+    ingest: IngestRecord
+    run_name: str
+    storage_path: str
+    checkpoint_path: str
+    epochs: int
+    steps: int
+    final_loss: float
+    images_per_s: float = Field(description="Mean training throughput over the run's epochs.")
+    history: list[dict[str, float]]
+    duration_s: float
+
+
+class EvaluateRecord(Record):
+    pretrain: PretrainRecord
+    metrics: dict[str, float]
+    duration_s: float
+
+
+class RegisterRecord(Record):
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+    model_name: str
+    version: str
+    alias: str
+    model_uri: str = Field(description="models:/<name>@<alias>")
+    duration_s: float
