@@ -33,7 +33,7 @@ class RunSummary(BaseModel):
     samples: dict[str, int]
     metrics: dict[str, float]
     images_per_s: float
-    register: RegisterRecord
+    registered: RegisterRecord
     mlflow_ui: str
 
 
@@ -67,7 +67,7 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:  # noqa: 
         samples=ingested.samples,
         metrics=evaluated.metrics,
         images_per_s=trained.images_per_s,
-        register=registered,
+        registered=registered,
         mlflow_ui=mlflow_ui_command(config),
     )
     create_markdown_artifact(key="run-summary", markdown=summary_markdown(summary), description="sslpipe run")
@@ -87,8 +87,8 @@ def summary_markdown(s: RunSummary) -> str:
         "## sslpipe run\n\n| stage | time |\n|---|---|\n" + rows + "\n"
         f"kNN top-1 **{m['knn_top1']:.4f}** vs random init {m['random_init_knn_top1']:.4f} "
         f"(test split, {int(m['test_samples'])} images).\n\n"
-        f"Registered `{s.register.model_uri}` = version {s.register.version}, "
-        f"MLflow run `{s.register.run_id}`.\n\nOpen MLflow: `{s.mlflow_ui}`\n"
+        f"Registered `{s.registered.model_uri}` = version {s.registered.version}, "
+        f"MLflow run `{s.registered.run_id}`.\n\nOpen MLflow: `{s.mlflow_ui}`\n"
     )
 
 

@@ -212,7 +212,7 @@ def _print_summary(summary: Any) -> None:
         f"[bold green]{m['knn_top1']:.4f}[/] vs random init {m['random_init_knn_top1']:.4f} "
         f"(top-5 {m['knn_top5']:.4f} vs {m['random_init_knn_top5']:.4f})"
     )
-    reg = summary.register
+    reg = summary.registered
     console.print(f"training throughput: {summary.images_per_s:.0f} images/s")
     console.print(f"model: [bold]{reg.model_uri}[/] -> version {reg.version}")
     console.print(f"MLflow run: {reg.run_id} (experiment {reg.experiment_id}) at {reg.tracking_uri}")
