@@ -19,7 +19,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
@@ -29,17 +28,15 @@ from pydantic import (
     model_validator,
 )
 
+from sslcore.method_config import MethodConfig, SimCLRConfig, StrictModel
+
+__all__ = ["ConfigError", "MethodConfig", "PipelineConfig", "SimCLRConfig", "load_config"]
+
 DEFAULT_WORK_DIR = "./sslpipe-runs"
 
 
 class ConfigError(ValueError):
     """A configuration problem, phrased as one line that names the key and the fix."""
-
-
-class StrictModel(BaseModel):
-    """Base for every config section: immutable, unknown keys rejected."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 # --------------------------------------------------------------------------- ingest
@@ -104,21 +101,6 @@ class ModelConfig(StrictModel):
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"unknown timm model '{name}'{hint}")
         return name
-
-
-class SimCLRConfig(StrictModel):
-    """SimCLR, Chen et al. 2020, https://arxiv.org/abs/2002.05709."""
-
-    name: Literal["simclr"] = "simclr"
-    temperature: PositiveFloat = 0.2
-    projection_hidden_dim: PositiveInt = 512
-    projection_dim: PositiveInt = 128
-    gather_distributed: bool = Field(
-        True, description="Use negatives from every DDP rank (global batch) instead of the local one."
-    )
-
-
-MethodConfig = SimCLRConfig
 
 
 class AugmentConfig(StrictModel):
