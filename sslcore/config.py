@@ -23,6 +23,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -33,6 +34,7 @@ from sslcore.method_config import MethodConfig, SimCLRConfig, StrictModel
 __all__ = ["ConfigError", "MethodConfig", "PipelineConfig", "SimCLRConfig", "load_config"]
 
 DEFAULT_WORK_DIR = "./sslpipe-runs"
+SENSITIVE_WORDS = ("secret", "key_id", "token", "password", "storage")  # never echo these values
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,24 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------- ingest
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class StorageConfig(StrictModel):
+    """How to reach ``s3://`` URLs (shards, sources, checkpoints) through s3fs.
+
+    Unset fields fall back to the usual places: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_PROFILE``, ``AWS_ENDPOINT_URL`` and ``~/.aws``. Secrets are ``SecretStr``: they print
+    as ``**********`` in logs, manifests, MLflow params and Prefect artifacts.
+    """
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000.")
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    region: str | None = None
+    profile: str | None = None
+
+
 class DigitsSource(StrictModel):
     """scikit-learn's bundled *digits*: 1,797 real 8x8 grayscale images of 10 classes."""
 
@@ -49,28 +69,61 @@ class DigitsSource(StrictModel):
 
 
 class FolderSource(StrictModel):
-    """Images under a local folder, found recursively."""
+    """Image files under a local folder or an ``s3://bucket/prefix``, found recursively."""
 
     kind: Literal["folder"] = "folder"
-    path: str = Field(description="Folder to read images from, recursively.")
-    labels: Literal["none", "subfolder"] = Field(
-        "none", description="'subfolder': the first sub-folder level names the class (ImageFolder)."
+    path: str = Field(description="Local folder or s3://bucket/prefix, read recursively.")
+    labels: Literal["none", "subfolder", "file"] = Field(
+        "none",
+        description="'subfolder': the first sub-folder level names the class (ImageFolder); "
+        "'file': labels_file maps relative paths to labels.",
     )
-    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+    labels_file: str | None = Field(None, description="CSV (path,label) or JSONL ({path, label}).")
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+
+    @model_validator(mode="after")
+    def _labels_file_given(self) -> FolderSource:
+        if (self.labels == "file") != (self.labels_file is not None):
+            raise ValueError("set labels_file together with labels=file (and only then)")
+        return self
 
 
-Source = Annotated[DigitsSource | FolderSource, Field(discriminator="kind")]
+class FashionMnistSource(StrictModel):
+    """Fashion-MNIST IDX files (Debian's ``dataset-fashion-mnist`` puts them in the default path)."""
+
+    kind: Literal["fashion_mnist"] = "fashion_mnist"
+    path: str = "/usr/share/datasets/fashion-mnist"
+    limit: PositiveInt | None = Field(None, description="Use only the first N images of each split.")
+
+
+class ShardsSource(StrictModel):
+    """Existing webdataset shards: validated and re-sharded, never extracted to disk."""
+
+    kind: Literal["webdataset"] = "webdataset"
+    path: str = Field(description="Folder or s3:// prefix holding .tar shards.")
+    max_member_bytes: PositiveInt = Field(64 * 1024 * 1024, description="Larger tar members are rejected.")
+
+
+Source = Annotated[DigitsSource | FolderSource | FashionMnistSource | ShardsSource, Field(discriminator="kind")]
 
 
 class IngestConfig(StrictModel):
     source: Source = Field(default_factory=DigitsSource)
-    output: str | None = Field(None, description="Shard folder; default <work_dir>/shards.")
+    output: str | None = Field(None, description="Shard folder or s3:// prefix; default <work_dir>/shards.")
     shard_max_samples: PositiveInt = 256
     shard_max_bytes: PositiveInt = 64 * 1024 * 1024
-    test_fraction: float = Field(
-        0.2, ge=0.0, lt=1.0, description="Share of samples in the test split (stable hash of the key)."
+    split: Literal["auto", "hash"] = Field(
+        "auto", description="'auto': the source's own train/test split when it has one, else by hash."
     )
-    image_format: Literal["png", "jpeg"] = Field(
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Hash split: share of samples in 'val'.")
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Hash split: share of samples in 'test'.")
+    mode: Literal["keep", "RGB", "L"] = Field(
+        "keep", description="'keep': grayscale stays one channel, everything else becomes RGB."
+    )
+    max_short_side: PositiveInt | None = Field(None, description="Downscale so the shorter side is at most this.")
+    keep_original: bool = Field(True, description="Store valid JPEG/PNG bytes unchanged when no change is needed.")
+    max_image_bytes: PositiveInt = Field(16 * 1024 * 1024, description="Larger originals are re-encoded.")
+    image_format: Literal["png", "jpeg", "webp"] = Field(
         "png", description="Encoding for images that must be re-encoded."
     )
     jpeg_quality: int = Field(95, ge=1, le=100)
@@ -78,6 +131,18 @@ class IngestConfig(StrictModel):
     max_pixels: PositiveInt = Field(
         64_000_000, description="Images with more pixels are rejected (decompression-bomb guard)."
     )
+    dedup: bool = Field(True, description="Keep exact duplicates (same encoded bytes) once.")
+    max_reject_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Fail (after writing the rejects report) above this share."
+    )
+    workers: PositiveInt | None = Field(None, description="Decode/encode processes; default all cores.")
+    chunk_size: PositiveInt = Field(256, description="Inputs per unit of parallel work.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> IngestConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1 (train would be empty)")
+        return self
 
 
 # --------------------------------------------------------------------------- model and method
@@ -85,9 +150,7 @@ class IngestConfig(StrictModel):
 
 class ModelConfig(StrictModel):
     backbone: str = Field("resnet18", description="Any timm model name (timm.list_models()).")
-    small_image_stem: bool = Field(
-        True, description="ResNets: 3x3 stride-1 stem, no max-pool. For 28-64 px inputs."
-    )
+    small_image_stem: bool = Field(True, description="ResNets: 3x3 stride-1 stem, no max-pool. For 28-64 px inputs.")
     image_size: PositiveInt = Field(16, description="Input side length after resizing.")
     patch_size: PositiveInt | None = Field(None, description="ViTs: patch size override.")
 
@@ -171,6 +234,7 @@ class PipelineConfig(StrictModel):
     """The whole pipeline: one section per stage plus where things live."""
 
     work_dir: str = Field(DEFAULT_WORK_DIR, description="Shards, checkpoints and MLflow files go here.")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=SimCLRConfig)
@@ -195,6 +259,7 @@ class PipelineConfig(StrictModel):
 
     @property
     def shard_dir(self) -> str:
+        """Where ingest writes: ``ingest.output`` (local or s3://) or ``<work_dir>/shards``."""
         return self.ingest.output or str(self.work_path / "shards")
 
 
@@ -288,8 +353,9 @@ def format_validation_error(exc: ValidationError) -> str:
             problems.append(f"{key}: {err['msg']}")
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            problems.append(f"{key}: {err['msg']}{shown}")
+            secret = any(word in key.lower() for word in SENSITIVE_WORDS)
+            echo = "" if isinstance(got, dict) or secret else f" (got {got!r})"
+            problems.append(f"{key}: {err['msg']}{echo}")
     return "invalid config: " + "; ".join(problems)
 
 

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from sslcore.config import PipelineConfig
 from sslcore.data.ingest import check_source
+from sslcore.resources import available_cpus
 
 
 class PreflightError(ValueError):
     """The configuration cannot run on this machine; the message names the fix."""
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        return os.cpu_count() or 1
 
 
 def check_local_resources(cfg: PipelineConfig) -> None:
@@ -41,6 +33,6 @@ def check_local_resources(cfg: PipelineConfig) -> None:
 def preflight(cfg: PipelineConfig, *, local_ray: bool, check_data: bool = True) -> None:
     """Raise :class:`PreflightError` or ``SourceError`` with a one-line fix, before any work starts."""
     if check_data:
-        check_source(cfg.ingest)
+        check_source(cfg.ingest, cfg.storage)
     if local_ray:
         check_local_resources(cfg)

@@ -32,7 +32,7 @@ def evaluate(config: PipelineConfig, pretrain: PretrainRecord) -> EvaluateRecord
     folder = pretrain.ingest.shard_folder
     state = backbone_state_dict(Path(pretrain.checkpoint_path))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    metrics = evaluate_backbone(config, read_manifest(folder), folder, state, device=device)
+    metrics = evaluate_backbone(config, read_manifest(folder, config.storage), folder, state, device=device)
     create_table_artifact(
         key="evaluation",
         table=[

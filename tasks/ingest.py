@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -10,7 +11,9 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from sslcore.config import PipelineConfig
+from sslcore.data.ingest import IngestResult
 from sslcore.data.ingest import ingest as run_ingest
+from sslcore.storage import join
 from tasks.errors import retry_unless_user_error
 from tasks.records import IngestRecord
 
@@ -27,34 +30,45 @@ def ingest(config: PipelineConfig) -> IngestRecord:
     """Write (or reuse) the shards for ``config.ingest``."""
     start = time.perf_counter()
     with tqdm(desc="ingest", unit="img", mininterval=1.0) as bar:
-        result = run_ingest(
-            config.ingest, config.shard_dir, progress=lambda done, rejected: _tick(bar, done, rejected)
-        )
+        result = run_ingest(config.ingest, config.shard_dir, progress=partial(_tick, bar), storage=config.storage)
     m = result.manifest
     record = IngestRecord(
-        shard_folder=str(result.folder),
-        manifest_path=str(result.folder / "manifest.json"),
+        shard_folder=result.folder,
+        manifest_path=join(result.folder, "manifest.json"),
         fingerprint=m.fingerprint,
         samples={name: split.samples for name, split in m.splits.items()},
         num_classes=m.num_classes,
         rejected=sum(m.rejects.values()),
+        duplicates=m.duplicates,
         reused=result.reused,
+        resumed=result.resumed,
         duration_s=time.perf_counter() - start,
     )
     create_markdown_artifact(
         key="ingest-summary",
         markdown=(
-            f"### Ingest\n{'Reused complete shards' if result.reused else 'Wrote shards'} to "
-            f"`{result.folder}`\n\n| split | samples | shards |\n|---|---|---|\n"
+            f"### Ingest\n{_verb(result)} `{result.folder}`\n\n"
+            "| split | samples | shards |\n|---|---|---|\n"
             + "".join(f"| {n} | {s.samples} | {len(s.shards)} |\n" for n, s in m.splits.items())
-            + f"\nRejected: {record.rejected} {dict(m.rejects) or ''}\n"
+            + f"\n{m.inputs} inputs; rejected {record.rejected} {dict(m.rejects) or ''}; "
+            f"exact duplicates dropped: {m.duplicates}. Rejects report: `{join(result.folder, 'rejects.jsonl')}`\n"
         ),
         description="Shards and rejects of this run",
     )
     return record
 
 
-def _tick(bar: tqdm, done: int, rejected: int) -> None:
+def _verb(result: IngestResult) -> str:
+    if result.reused:
+        return "Reused the complete shards in"
+    if result.resumed:
+        return f"Resumed ({result.resumed} samples already in complete shards) and finished"
+    return "Wrote shards to"
+
+
+def _tick(bar: tqdm, done: int, rejected: int, total: int | None) -> None:
+    if total is not None and bar.total != total:
+        bar.total = total
     bar.update(done - bar.n)
     if rejected:
         bar.set_postfix(rejected=rejected, refresh=False)

@@ -44,7 +44,7 @@ def run_name_for(config: PipelineConfig, ingest: IngestRecord) -> str:
 def pretrain(config: PipelineConfig, ingest: IngestRecord) -> PretrainRecord:
     """Train ``config.method`` on the ingested shards; resume the same run if it exists."""
     start = time.perf_counter()
-    manifest = read_manifest(ingest.shard_folder)
+    manifest = read_manifest(ingest.shard_folder, config.storage)
     plan_steps(config, manifest.split("train").samples)  # batch vs data size, before starting Ray
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if not address:

@@ -36,7 +36,9 @@ class IngestRecord(Record):
     samples: dict[str, int] = Field(description="Samples per split.")
     num_classes: int
     rejected: int
+    duplicates: int = 0
     reused: bool = Field(description="True when a complete earlier output was found and kept.")
+    resumed: int = Field(0, description="Samples kept from complete shards of an interrupted run.")
     duration_s: float
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 from PIL import Image, ImageOps
 
 KEEP_FORMATS = {"PNG": "png", "JPEG": "jpg"}
+ENCODERS = {"png": ("PNG", "png"), "jpeg": ("JPEG", "jpg"), "webp": ("WEBP", "webp")}
+EXIF_ORIENTATION = 0x0112
+GRAY_MODES = ("1", "L", "I;16", "I;16B", "I;16L", "I", "F")
 
 
 class RejectedImage(ValueError):
@@ -23,74 +27,114 @@ class RejectedImage(ValueError):
 @dataclass(frozen=True)
 class CleanImage:
     data: bytes
-    ext: str  # webdataset extension: "png" or "jpg"
+    ext: str  # webdataset extension: "png", "jpg" or "webp"
     width: int
     height: int
     mode: str  # "L" or "RGB"
+    original_width: int
+    original_height: int
+    reencoded: bool
 
 
-def clean_image(
-    raw: bytes, *, min_side: int, max_pixels: int, reencode_format: str = "png", jpeg_quality: int = 95
-) -> CleanImage:
-    """Validate encoded bytes and return what goes into a shard.
-
-    The original bytes are kept when they are a PNG or JPEG that needs no change; otherwise the
-    decoded image (EXIF orientation applied, converted to ``L`` or ``RGB``, first frame of an
-    animation) is re-encoded as ``reencode_format``.
-
-    Raises:
-        RejectedImage: empty, not an image, truncated, too many pixels, or too small.
-    """
+def _decode(raw: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
+    """Open and fully load; returns the image and the warnings PIL raised while doing so."""
     if not raw:
         raise RejectedImage("empty_file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             img = Image.open(io.BytesIO(raw))
             width, height = img.size
             if width * height > max_pixels:
-                raise RejectedImage("too_many_pixels", f"{width}x{height} > {max_pixels}")
+                raise RejectedImage("too_many_pixels", f"{width}x{height} > max_pixels={max_pixels}")
             img.load()
     except RejectedImage:
         raise
     except Image.DecompressionBombError as exc:
-        raise RejectedImage("too_many_pixels", str(exc)) from None
+        raise RejectedImage("too_many_pixels", f"{exc} (max_pixels={max_pixels})") from None
     except Exception as exc:  # PIL raises many types for broken inputs
-        reason = "truncated_or_corrupt" if isinstance(exc, OSError | SyntaxError) else "not_an_image"
-        if "cannot identify image file" in str(exc):
-            reason = "not_an_image"
-        raise RejectedImage(reason, f"{type(exc).__name__}: {exc}") from None
-    if min(width, height) < min_side:
-        raise RejectedImage("too_small", f"{width}x{height} < {min_side}px")
+        message = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, Image.UnidentifiedImageError) or "cannot identify image file" in str(exc):
+            raise RejectedImage("not_an_image", message) from None
+        raise RejectedImage("truncated_or_corrupt", message) from None
+    return img, [str(w.message) for w in caught]
 
+
+def _to_mode(img: Image.Image, mode: Literal["keep", "RGB", "L"]) -> Image.Image:
+    has_alpha = img.mode in ("LA", "RGBA", "PA", "La", "RGBa") or "transparency" in img.info
+    if img.mode in GRAY_MODES and img.mode not in ("1", "L"):  # 16-bit and float grayscale -> 8-bit
+        img = img.point(lambda v: v / 256).convert("L") if img.mode.startswith("I") else img.convert("L")
+    if has_alpha:  # composite on white: transparent pixels become background, not black
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    target = mode if mode != "keep" else ("L" if img.mode in ("1", "L") else "RGB")
+    return img.convert(target) if img.mode != target else img
+
+
+def clean_image(
+    raw: bytes,
+    *,
+    min_side: int,
+    max_pixels: int,
+    mode: Literal["keep", "RGB", "L"] = "keep",
+    max_short_side: int | None = None,
+    keep_original: bool = True,
+    max_image_bytes: int = 16 * 1024 * 1024,
+    reencode_format: str = "png",
+    jpeg_quality: int = 95,
+) -> CleanImage:
+    """Validate encoded bytes and return what goes into a shard.
+
+    Handled and kept: EXIF orientation (applied), CMYK, palette and alpha, 16-bit, grayscale
+    (converted per ``mode``), animated images (first frame). The original bytes are kept when they
+    are a PNG or JPEG that needs no change and is at most ``max_image_bytes``; otherwise the
+    decoded image is re-encoded as ``reencode_format``.
+
+    Raises:
+        RejectedImage: empty, not an image, truncated/corrupt, too many pixels, too small, or
+            unreadable EXIF.
+    """
+    img, decode_warnings = _decode(raw, max_pixels)
     fmt = img.format
-    changed = False
-    oriented = ImageOps.exif_transpose(img)
-    if oriented is not img:
+    original_width, original_height = img.size
+    if min(original_width, original_height) < min_side:
+        raise RejectedImage("too_small", f"{original_width}x{original_height} < min_side={min_side}")
+    changed = bool(getattr(img, "n_frames", 1) > 1)  # animations keep only the first frame
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+        messages = decode_warnings + [str(w.message) for w in caught]
+        exif_warnings = [m for m in messages if "exif" in m.lower()]
+        if exif_warnings:  # PIL only warns about corrupt EXIF and carries on with partial data
+            raise RejectedImage("unreadable_exif", exif_warnings[0])
+        if orientation not in (None, 1):
+            img = ImageOps.exif_transpose(img)
+            changed = True
+    except RejectedImage:
+        raise
+    except Exception as exc:  # malformed EXIF blocks raise from deep inside PIL
+        raise RejectedImage("unreadable_exif", f"{type(exc).__name__}: {exc}") from None
+    converted = _to_mode(img, mode)
+    changed = changed or converted is not img
+    img = converted
+    if max_short_side is not None and min(img.size) > max_short_side:
+        scale = max_short_side / min(img.size)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(size, Image.Resampling.LANCZOS)
         changed = True
-        img = oriented
-    target_mode = "L" if img.mode in ("1", "L", "I;16", "I", "LA") and not _has_alpha(img) else "RGB"
-    if img.mode != target_mode:
-        img = img.convert(target_mode) if img.mode != "I;16" else _convert_16bit(img)
-        changed = True
-    if not changed and fmt in KEEP_FORMATS:
-        return CleanImage(raw, KEEP_FORMATS[fmt], img.width, img.height, target_mode)
+    if keep_original and not changed and fmt in KEEP_FORMATS and len(raw) <= max_image_bytes:
+        return CleanImage(
+            raw, KEEP_FORMATS[fmt], img.width, img.height, img.mode, original_width, original_height, False
+        )
+    pil_format, ext = ENCODERS[reencode_format]
     buf = io.BytesIO()
-    if reencode_format == "jpeg":
-        img.save(buf, format="JPEG", quality=jpeg_quality)
-        ext = "jpg"
+    if pil_format == "PNG":
+        img.save(buf, format="PNG", optimize=False, compress_level=6)
     else:
-        img.save(buf, format="PNG")
-        ext = "png"
-    return CleanImage(buf.getvalue(), ext, img.width, img.height, target_mode)
-
-
-def _has_alpha(img: Image.Image) -> bool:
-    return img.mode in ("LA", "RGBA", "PA") or "transparency" in img.info
-
-
-def _convert_16bit(img: Image.Image) -> Image.Image:
-    return img.point(lambda v: v / 256).convert("L")
+        img.save(buf, format=pil_format, quality=jpeg_quality)
+    return CleanImage(buf.getvalue(), ext, img.width, img.height, img.mode, original_width, original_height, True)
 
 
 def decode_rgb(data: bytes) -> Image.Image:

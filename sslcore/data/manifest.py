@@ -7,11 +7,14 @@ renamed into place. It holds no timestamps, so the same input and config give id
 from __future__ import annotations
 
 import json
-import os
+import posixpath
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sslcore.config import StorageConfig
+from sslcore.storage import filesystem, put_atomic
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -47,7 +50,9 @@ class Manifest(_Frozen):
     image_mode: str = Field(description="PIL mode the images decode to, e.g. 'L' or 'RGB'.")
     label_names: tuple[str, ...] | None = None
     splits: dict[str, SplitInfo]
+    inputs: int = Field(0, ge=0, description="Inputs seen: samples + rejects + duplicates.")
     rejects: dict[str, int] = Field(default_factory=dict, description="Rejected inputs by reason.")
+    duplicates: int = Field(0, ge=0, description="Exact duplicates dropped (first occurrence kept).")
 
     @property
     def total_samples(self) -> int:
@@ -63,45 +68,43 @@ class Manifest(_Frozen):
         return self.splits[name]
 
 
-def write_manifest(manifest: Manifest, folder: Path) -> Path:
-    """Write atomically: a reader sees either no manifest or the complete one."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / MANIFEST_NAME
-    tmp = folder / f".{MANIFEST_NAME}.tmp"
-    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    return final
+def manifest_text(manifest: Manifest) -> str:
+    return json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
 
 
-def read_manifest(path: str | Path) -> Manifest:
-    """Load and validate ``path`` (a manifest file or the folder holding one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / MANIFEST_NAME
-    if not p.is_file():
-        raise ManifestError(f"no manifest at {p}: run the ingest stage first (sslpipe ingest)")
+def write_manifest(manifest: Manifest, folder: str, storage: StorageConfig | None = None) -> str:
+    """Write atomically: a reader sees either no manifest or the complete one. Returns its path."""
+    fs, path = filesystem(str(folder), storage)
+    target = posixpath.join(path.rstrip("/"), MANIFEST_NAME)
+    put_atomic(fs, target, manifest_text(manifest).encode())
+    return target
+
+
+def read_manifest(path: str | Path, storage: StorageConfig | None = None) -> Manifest:
+    """Load and validate ``path`` (a manifest file or the folder holding one; local or s3://)."""
+    where = str(path)
+    fs, p = filesystem(where, storage)
+    if fs.isdir(p):
+        p = posixpath.join(p.rstrip("/"), MANIFEST_NAME)
+        where = where.rstrip("/") + "/" + MANIFEST_NAME
+    if not fs.isfile(p):
+        raise ManifestError(f"no manifest at {where}: run the ingest stage first (sslpipe ingest)")
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(fs.cat_file(p))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"manifest {p} is not valid JSON ({exc}); re-run ingest") from None
+        raise ManifestError(f"manifest {where} is not valid JSON ({exc}); re-run ingest") from None
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise ManifestError(
-            f"manifest {p} is malformed at '{where}': {first['msg']}; re-run ingest"
-        ) from None
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ManifestError(f"manifest {where} is malformed at '{loc}': {first['msg']}; re-run ingest") from None
     if manifest.format_version != FORMAT_VERSION:
         raise ManifestError(
-            f"manifest {p} has format_version {manifest.format_version}, this sslpipe reads {FORMAT_VERSION}"
+            f"manifest {where} has format_version {manifest.format_version}, this sslpipe reads {FORMAT_VERSION}"
         )
     for split in manifest.splits.values():
         for shard in split.shards:
-            if Path(shard.name).name != shard.name or shard.name.startswith("."):
-                raise ManifestError(f"manifest {p} names shard '{shard.name}' outside its folder")
+            if posixpath.basename(shard.name) != shard.name or shard.name.startswith(".") or "\\" in shard.name:
+                raise ManifestError(f"manifest {where} names shard '{shard.name}' outside its folder")
     return manifest

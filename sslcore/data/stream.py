@@ -17,8 +17,10 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset import tariterators
 
+from sslcore.config import StorageConfig
 from sslcore.data.images import decode_rgb
 from sslcore.data.manifest import Manifest
+from sslcore.storage import storage_options
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -35,10 +37,10 @@ def _image_bytes(sample: dict[str, Any]) -> bytes:
     raise KeyError(f"sample {sample.get('__key__')} has no image member ({', '.join(IMAGE_EXTS)})")
 
 
-def iter_tar_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
+def iter_tar_samples(urls: list[str], storage: StorageConfig | None = None) -> Iterator[dict[str, Any]]:
     """Yield webdataset samples (dicts of raw member bytes) from the given shards, in order."""
     for url in urls:
-        with fsspec.open(url, "rb") as stream:
+        with fsspec.open(url, "rb", **storage_options(url, storage)) as stream:
             files = tariterators.tar_file_expander([{"url": url, "stream": stream}])
             yield from tariterators.group_by_keys(files)
 
@@ -67,6 +69,7 @@ class TrainStream(IterableDataset[list[torch.Tensor]]):
         world_size: int,
         seed: int,
         shuffle_buffer: int = 512,
+        storage: StorageConfig | None = None,
     ) -> None:
         super().__init__()
         if not urls:
@@ -77,6 +80,7 @@ class TrainStream(IterableDataset[list[torch.Tensor]]):
         self.world_size = world_size
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
+        self.storage = storage
 
     def reader_slot(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -88,9 +92,9 @@ class TrainStream(IterableDataset[list[torch.Tensor]]):
         order = list(self.urls)
         random.Random(self.seed + epoch).shuffle(order)  # same order on every reader
         if len(order) >= slots:
-            yield from iter_tar_samples([order[i] for i in assign(len(order), slot, slots)])
+            yield from iter_tar_samples([order[i] for i in assign(len(order), slot, slots)], self.storage)
         else:
-            for i, sample in enumerate(iter_tar_samples(order)):
+            for i, sample in enumerate(iter_tar_samples(order, self.storage)):
                 if i % slots == slot:
                     yield sample
 
@@ -114,12 +118,12 @@ class TrainStream(IterableDataset[list[torch.Tensor]]):
 
 
 def load_split_arrays(
-    manifest: Manifest, folder: str | Path, split: str
+    manifest: Manifest, folder: str | Path, split: str, storage: StorageConfig | None = None
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """All images of a split as uint8 (H, W, 3) arrays, in shard order, with their labels (-1 if none)."""
     images: list[np.ndarray] = []
     labels: list[int] = []
-    for sample in iter_tar_samples(shard_urls(manifest, folder, split)):
+    for sample in iter_tar_samples(shard_urls(manifest, folder, split), storage):
         images.append(np.asarray(decode_rgb(_image_bytes(sample)), dtype=np.uint8))
         labels.append(int(sample["cls"]) if "cls" in sample else -1)
     return images, np.asarray(labels, dtype=np.int64)

@@ -1,8 +1,8 @@
 """Deterministic webdataset shard writing with size-based rotation.
 
-Each shard is written under a hidden temporary name and renamed when complete, so a shard file
-with its final name is always whole. Tar headers carry fixed metadata (mtime 0, no owner), so the
-same samples give byte-identical shards.
+A shard is assembled in memory (at most ``max_bytes`` plus one sample) and written in one atomic
+put when complete, so a shard file under its final name is always whole, locally and on S3. Tar
+headers carry fixed metadata (mtime 0, no owner), so the same samples give byte-identical shards.
 """
 
 from __future__ import annotations
@@ -10,69 +10,95 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import webdataset as wds
+from fsspec import AbstractFileSystem
 
 from sslcore.data.manifest import ShardInfo
+from sslcore.storage import put_atomic
 
-TAR_OVERHEAD = 3 * 512  # header blocks per member, roughly
+TAR_BLOCK = 512
+
+
+@dataclass
+class OpenShard:
+    """The shard being filled: its samples' keys and content hashes travel to the journal."""
+
+    index: int
+    buffer: io.BytesIO
+    tar: Any
+    keys: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    size: int = 0
 
 
 class SplitShardWriter:
-    """Writes one split's samples to ``<split>-000000.tar``, ``<split>-000001.tar``, ..."""
+    """Writes one split's samples to ``<split>-000000.tar``, ``<split>-000001.tar``, ...
 
-    def __init__(self, folder: Path, split: str, max_samples: int, max_bytes: int) -> None:
-        self.folder = folder
+    Args:
+        fs: Target filesystem (local or S3).
+        folder: Folder (path inside ``fs``) for the shards.
+        split: Split name, the shard file prefix.
+        max_samples: Samples per shard at most.
+        max_bytes: Approximate bytes per shard at most (a single larger sample gets its own shard).
+        first_index: Number of this split's shards already complete (when resuming).
+        on_close: Called with ``(split, ShardInfo, keys, hashes)`` after each shard is written.
+    """
+
+    def __init__(
+        self,
+        fs: AbstractFileSystem,
+        folder: str,
+        split: str,
+        max_samples: int,
+        max_bytes: int,
+        first_index: int = 0,
+        on_close: Callable[[str, ShardInfo, list[str], list[str]], None] | None = None,
+    ) -> None:
+        self.fs = fs
+        self.folder = folder.rstrip("/")
         self.split = split
         self.max_samples = max_samples
         self.max_bytes = max_bytes
+        self.next_index = first_index
+        self.on_close = on_close
         self.shards: list[ShardInfo] = []
-        self._fh: io.BufferedWriter | None = None
-        self._tar: wds.TarWriter | None = None
-        self._count = 0
-        self._bytes = 0
+        self._open: OpenShard | None = None
 
-    def _open(self) -> None:
-        name = f"{self.split}-{len(self.shards):06d}.tar"
-        self._name = name
-        self._tmp = self.folder / f".{name}.tmp"
-        self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in _close() after the rename
-        self._tar = wds.TarWriter(self._fh, user="", group="", mode=0o444, mtime=0.0, encoder=False)
-        self._count = 0
-        self._bytes = 0
-
-    def write(self, key: str, payload: dict[str, bytes]) -> None:
-        size = sum(len(v) + TAR_OVERHEAD for v in payload.values())
-        if self._tar is not None and (
-            self._count >= self.max_samples or (self._count > 0 and self._bytes + size > self.max_bytes)
+    def write(self, key: str, payload: dict[str, bytes], content_hash: str) -> None:
+        size = sum(TAR_BLOCK * (2 + (len(v) + TAR_BLOCK - 1) // TAR_BLOCK) for v in payload.values())
+        shard = self._open
+        if shard is not None and (
+            len(shard.keys) >= self.max_samples or (shard.keys and shard.size + size > self.max_bytes)
         ):
             self._close()
-        if self._tar is None:
-            self._open()
-        assert self._tar is not None
-        self._tar.write({"__key__": key, **payload})
-        self._count += 1
-        self._bytes += size
+            shard = None
+        if shard is None:
+            buffer = io.BytesIO()
+            tar = wds.TarWriter(buffer, user="", group="", mode=0o444, mtime=0.0, encoder=False)
+            shard = self._open = OpenShard(self.next_index, buffer, tar)
+            self.next_index += 1
+        shard.tar.write({"__key__": key, **payload})
+        shard.keys.append(key)
+        shard.hashes.append(content_hash)
+        shard.size += size
 
     def _close(self) -> None:
-        if self._tar is None or self._fh is None:
+        shard = self._open
+        if shard is None:
             return
-        self._tar.close()  # closes the tar stream, not our file handle
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        final = self.folder / self._name
-        os.replace(self._tmp, final)
-        self.shards.append(
-            ShardInfo(
-                name=self._name, samples=self._count, bytes=final.stat().st_size, sha256=sha256_file(final)
-            )
-        )
-        self._tar = None
-        self._fh = None
+        shard.tar.close()  # finishes the tar stream; the BytesIO stays open
+        data = shard.buffer.getvalue()
+        name = f"{self.split}-{shard.index:06d}.tar"
+        put_atomic(self.fs, f"{self.folder}/{name}", data)
+        info = ShardInfo(name=name, samples=len(shard.keys), bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        self.shards.append(info)
+        self._open = None
+        if self.on_close is not None:
+            self.on_close(self.split, info, shard.keys, shard.hashes)
 
     def close(self) -> list[ShardInfo]:
         self._close()
@@ -87,9 +113,9 @@ def sample_payload(image: bytes, ext: str, label: int | None, meta: dict[str, An
     return payload
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(fs: AbstractFileSystem, path: str, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with fs.open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()

@@ -61,8 +61,8 @@ def evaluate_backbone(
     if not manifest.label_names:
         raise EvaluationError("the shards carry no labels: evaluation needs a labelled source")
     num_classes = len(manifest.label_names)
-    bank, bank_labels = _labelled(*load_split_arrays(manifest, folder, "train"))
-    queries, query_labels = _labelled(*load_split_arrays(manifest, folder, "test"))
+    bank, bank_labels = _labelled(*load_split_arrays(manifest, folder, "train", cfg.storage))
+    queries, query_labels = _labelled(*load_split_arrays(manifest, folder, "test", cfg.storage))
 
     def encoder_for(backbone: nn.Module) -> Encoder:
         spec = EncoderSpec(
@@ -77,9 +77,7 @@ def evaluate_backbone(
 
     metrics: dict[str, float] = {}
     for prefix, backbone in (("knn", trained), ("random_init_knn", random_init)):
-        result = knn_metrics(
-            encoder_for(backbone), bank, bank_labels, queries, query_labels, cfg, num_classes
-        )
+        result = knn_metrics(encoder_for(backbone), bank, bank_labels, queries, query_labels, cfg, num_classes)
         metrics[f"{prefix}_top1"] = result["top1"]
         metrics[f"{prefix}_top5"] = result["top5"]
     metrics["test_samples"] = float(len(query_labels))
