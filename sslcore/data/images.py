@@ -36,8 +36,13 @@ class CleanImage:
     reencoded: bool
 
 
-def _decode(raw: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
-    """Open and fully load; returns the image and the warnings PIL raised while doing so."""
+def _decode(raw: bytes, max_pixels: int, draft: bool = False) -> tuple[Image.Image, list[str], tuple[int, int]]:
+    """Open and load; returns the image, the warnings PIL raised doing so, and the full size.
+
+    With ``draft``, a JPEG is decoded at 1/8 scale: every entropy-coded block is still read (so
+    truncation and corruption are caught) but the inverse DCT and colour conversion are ~8x
+    cheaper. Callers re-decode at full size when they need the pixels.
+    """
     if not raw:
         raise RejectedImage("empty_file")
     try:
@@ -47,6 +52,8 @@ def _decode(raw: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
             width, height = img.size
             if width * height > max_pixels:
                 raise RejectedImage("too_many_pixels", f"{width}x{height} > max_pixels={max_pixels}")
+            if draft and img.format == "JPEG" and img.mode in ("L", "RGB"):
+                img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
             img.load()
     except RejectedImage:
         raise
@@ -57,7 +64,7 @@ def _decode(raw: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
         if isinstance(exc, Image.UnidentifiedImageError) or "cannot identify image file" in str(exc):
             raise RejectedImage("not_an_image", message) from None
         raise RejectedImage("truncated_or_corrupt", message) from None
-    return img, [str(w.message) for w in caught]
+    return img, [str(w.message) for w in caught], (width, height)
 
 
 def _to_mode(img: Image.Image, mode: Literal["keep", "RGB", "L"]) -> Image.Image:
@@ -95,9 +102,10 @@ def clean_image(
         RejectedImage: empty, not an image, truncated/corrupt, too many pixels, too small, or
             unreadable EXIF.
     """
-    img, decode_warnings = _decode(raw, max_pixels)
+    may_keep = keep_original and len(raw) <= max_image_bytes
+    img, decode_warnings, (original_width, original_height) = _decode(raw, max_pixels, draft=may_keep)
     fmt = img.format
-    original_width, original_height = img.size
+    drafted = img.size != (original_width, original_height)
     if min(original_width, original_height) < min_side:
         raise RejectedImage("too_small", f"{original_width}x{original_height} < min_side={min_side}")
     changed = bool(getattr(img, "n_frames", 1) > 1)  # animations keep only the first frame
@@ -109,17 +117,25 @@ def clean_image(
         exif_warnings = [m for m in messages if "exif" in m.lower()]
         if exif_warnings:  # PIL only warns about corrupt EXIF and carries on with partial data
             raise RejectedImage("unreadable_exif", exif_warnings[0])
-        if orientation not in (None, 1):
-            img = ImageOps.exif_transpose(img)
-            changed = True
     except RejectedImage:
         raise
     except Exception as exc:  # malformed EXIF blocks raise from deep inside PIL
         raise RejectedImage("unreadable_exif", f"{type(exc).__name__}: {exc}") from None
+    needs_resize = max_short_side is not None and min(original_width, original_height) > max_short_side
+    if drafted:
+        target = mode if mode != "keep" else img.mode
+        if orientation in (None, 1) and not needs_resize and target == img.mode:
+            return CleanImage(
+                raw, "jpg", original_width, original_height, img.mode, original_width, original_height, False
+            )
+        img = _decode(raw, max_pixels)[0]  # the pixels are needed: decode at full size
+    if orientation not in (None, 1):
+        img = ImageOps.exif_transpose(img)
+        changed = True
     converted = _to_mode(img, mode)
     changed = changed or converted is not img
     img = converted
-    if max_short_side is not None and min(img.size) > max_short_side:
+    if needs_resize and max_short_side is not None:
         scale = max_short_side / min(img.size)
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         img = img.resize(size, Image.Resampling.LANCZOS)

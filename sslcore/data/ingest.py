@@ -32,7 +32,7 @@ from sslcore.config import IngestConfig, StorageConfig
 from sslcore.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, read_manifest, write_manifest
 from sslcore.data.sources import ImageSource, open_source
 from sslcore.data.worker import Job, Outcome, dumps_line, event, process_unit
-from sslcore.data.writer import SplitShardWriter, sample_payload
+from sslcore.data.writer import SplitShardWriter
 from sslcore.resources import available_cpus
 from sslcore.storage import filesystem, join, put_atomic
 
@@ -149,7 +149,12 @@ def _ordered_results(jobs: list[Job], workers: int) -> Iterator[list[Outcome]]:
         for job in jobs:
             yield process_unit(job)
         return
-    ctx = multiprocessing.get_context("spawn")  # safe with threads (s3fs, Prefect, Ray) in the parent
+    # fork where the platform has it, as torch's DataLoader does: a worker is ready in
+    # milliseconds, where spawn/forkserver re-import the caller's __main__ in every worker (often
+    # torch: ~1.5 s each). Workers touch no locks of the parent's threads (no logging, no shared
+    # event loop); fsspec makes fresh filesystem instances after a fork.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         window: deque[cf.Future[list[Outcome]]] = deque()
         pending = iter(jobs)
@@ -275,13 +280,6 @@ class _Run:
             self.open_modes.setdefault(split, set())
         return self.writers[split]
 
-    def _label(self, name: str | None) -> int | None:
-        if name is None:
-            return None
-        if self.label_names is not None:
-            return self.label_index.get(name)
-        return int(name) if name.isdigit() else None
-
     def execute(self) -> IngestResult:
         cfg, fs, folder = self.cfg, self.fs, self.folder
         state = _load_journal(fs, folder)
@@ -313,7 +311,7 @@ class _Run:
                 continue
             upto = int(resume_at.split("_")[1]) if resume_at.startswith(first) else -1
             skip = frozenset(int(k.split("_")[1]) for k in done if k.startswith(first))
-            jobs.append(Job(cfg, self.storage, unit, skip, upto))
+            jobs.append(Job(cfg, self.storage, unit, skip, upto, self.label_names))
 
         total = self.source.count()
         rejected_total = sum(rejects.values())
@@ -402,14 +400,12 @@ class _Run:
         else:
             split = split_of(o.sha256, self.cfg.test_fraction, self.cfg.val_fraction)
         writer = self._writer(split, first_index=0)
-        label = self._label(o.label)
-        mode = (o.meta or {}).get("mode", "RGB")
-        self.open_labels[split][o.key] = label
-        self.open_modes[split].add(mode)
-        self.modes.add(mode)
-        if label is not None:
-            self.class_counts[split][self._name(label)] += 1
-        writer.write(o.key, sample_payload(o.data, o.ext, label, o.meta or {}), o.sha256)
+        self.open_labels[split][o.key] = o.label
+        self.open_modes[split].add(o.mode)
+        self.modes.add(o.mode)
+        if o.label is not None:
+            self.class_counts[split][self._name(o.label)] += 1
+        writer.write_encoded(o.key, o.blob, o.sha256)
 
 
 def _numeric(name: str) -> tuple[int, str]:

@@ -14,21 +14,22 @@ from typing import Any
 from sslcore.config import IngestConfig, StorageConfig
 from sslcore.data.images import RejectedImage, clean_image
 from sslcore.data.sources import ImageSource, RawSample, Unit, open_source
+from sslcore.data.tarfmt import encode_sample
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one input."""
+    """What became of one input. ``blob`` holds its tar members, ready to append to a shard."""
 
     key: str
     source_key: str
-    label: str | None
     split: str | None
     reject: tuple[str, str] | None = None
-    data: bytes = b""
-    ext: str = ""
+    label: int | None = None
+    label_name: str | None = None
     sha256: str = ""
-    meta: dict[str, Any] | None = None
+    mode: str = ""
+    blob: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,16 @@ class Job:
     unit: Unit
     skip: frozenset[int]
     skip_upto: int  # indices <= this are skipped too (-1: none)
+    label_names: tuple[str, ...] | None = None
+
+
+def label_index(name: str | None, names: tuple[str, ...] | None) -> int | None:
+    """A label's class index: its position in ``names``, or the label itself when it is a number."""
+    if name is None:
+        return None
+    if names is not None:
+        return names.index(name) if name in names else None
+    return int(name) if name.isdigit() else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -46,9 +57,9 @@ def _source(cfg_json: str, storage: StorageConfig | None) -> ImageSource:
     return open_source(cfg.source, storage)
 
 
-def _outcome(raw: RawSample, cfg: IngestConfig) -> Outcome:
+def _outcome(raw: RawSample, cfg: IngestConfig, names: tuple[str, ...] | None) -> Outcome:
     if raw.reject is not None:
-        return Outcome(raw.key, raw.source_key, raw.label, raw.split, reject=raw.reject)
+        return Outcome(raw.key, raw.source_key, raw.split, reject=raw.reject)
     try:
         clean = clean_image(
             raw.data,
@@ -62,7 +73,7 @@ def _outcome(raw: RawSample, cfg: IngestConfig) -> Outcome:
             jpeg_quality=cfg.jpeg_quality,
         )
     except RejectedImage as exc:
-        return Outcome(raw.key, raw.source_key, raw.label, raw.split, reject=(exc.reason, exc.detail))
+        return Outcome(raw.key, raw.source_key, raw.split, reject=(exc.reason, exc.detail))
     digest = hashlib.sha256(clean.data).hexdigest()
     meta = {
         "source_key": raw.source_key,
@@ -74,14 +85,19 @@ def _outcome(raw: RawSample, cfg: IngestConfig) -> Outcome:
         "mode": clean.mode,
         "sha256": digest,
     }
-    return Outcome(raw.key, raw.source_key, raw.label, raw.split, None, clean.data, clean.ext, digest, meta)
+    label = label_index(raw.label, names)
+    members = {clean.ext: clean.data, "json": json.dumps(meta, sort_keys=True).encode()}
+    if label is not None:
+        members["cls"] = str(label).encode()
+    blob = encode_sample(raw.key, members)
+    return Outcome(raw.key, raw.source_key, raw.split, None, label, raw.label, digest, clean.mode, blob)
 
 
 def process_unit(job: Job) -> list[Outcome]:
     """Every input of ``job.unit`` except the skipped ones, in order."""
     source = _source(job.cfg.model_dump_json(), job.storage)
     skip = job.skip | frozenset(range(job.skip_upto + 1))
-    return [_outcome(raw, job.cfg) for raw in source.read_unit(job.unit, skip)]
+    return [_outcome(raw, job.cfg, job.label_names) for raw in source.read_unit(job.unit, skip)]
 
 
 def event(kind: str, outcome: Outcome) -> dict[str, Any]:

@@ -1,26 +1,23 @@
 """Deterministic webdataset shard writing with size-based rotation.
 
-A shard is assembled in memory (at most ``max_bytes`` plus one sample) and written in one atomic
-put when complete, so a shard file under its final name is always whole, locally and on S3. Tar
-headers carry fixed metadata (mtime 0, no owner), so the same samples give byte-identical shards.
+A shard is assembled in memory (at most ``max_bytes`` plus one sample) from samples already
+encoded as tar members (:mod:`sslcore.data.tarfmt`) and written in one atomic put when complete,
+so a shard file under its final name is always whole, locally and on S3.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import webdataset as wds
 from fsspec import AbstractFileSystem
 
 from sslcore.data.manifest import ShardInfo
+from sslcore.data.tarfmt import encode_sample, end_of_archive
 from sslcore.storage import put_atomic
-
-TAR_BLOCK = 512
 
 
 @dataclass
@@ -28,8 +25,7 @@ class OpenShard:
     """The shard being filled: its samples' keys and content hashes travel to the journal."""
 
     index: int
-    buffer: io.BytesIO
-    tar: Any
+    blobs: list[bytes] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
     size: int = 0
@@ -69,7 +65,12 @@ class SplitShardWriter:
         self._open: OpenShard | None = None
 
     def write(self, key: str, payload: dict[str, bytes], content_hash: str) -> None:
-        size = sum(TAR_BLOCK * (2 + (len(v) + TAR_BLOCK - 1) // TAR_BLOCK) for v in payload.values())
+        """Append a sample given as ``{ext: bytes}``."""
+        self.write_encoded(key, encode_sample(key, payload), content_hash)
+
+    def write_encoded(self, key: str, blob: bytes, content_hash: str) -> None:
+        """Append a sample already encoded as tar members (``tarfmt.encode_sample``)."""
+        size = len(blob)
         shard = self._open
         if shard is not None and (
             len(shard.keys) >= self.max_samples or (shard.keys and shard.size + size > self.max_bytes)
@@ -77,11 +78,9 @@ class SplitShardWriter:
             self._close()
             shard = None
         if shard is None:
-            buffer = io.BytesIO()
-            tar = wds.TarWriter(buffer, user="", group="", mode=0o444, mtime=0.0, encoder=False)
-            shard = self._open = OpenShard(self.next_index, buffer, tar)
+            shard = self._open = OpenShard(self.next_index)
             self.next_index += 1
-        shard.tar.write({"__key__": key, **payload})
+        shard.blobs.append(blob)
         shard.keys.append(key)
         shard.hashes.append(content_hash)
         shard.size += size
@@ -90,8 +89,7 @@ class SplitShardWriter:
         shard = self._open
         if shard is None:
             return
-        shard.tar.close()  # finishes the tar stream; the BytesIO stays open
-        data = shard.buffer.getvalue()
+        data = b"".join(shard.blobs) + end_of_archive(shard.size)
         name = f"{self.split}-{shard.index:06d}.tar"
         put_atomic(self.fs, f"{self.folder}/{name}", data)
         info = ShardInfo(name=name, samples=len(shard.keys), bytes=len(data), sha256=hashlib.sha256(data).hexdigest())

@@ -129,3 +129,25 @@ def test_parallel_workers_give_identical_bytes(tmp_path: Path) -> None:
     again = ingest(_cfg(tmp_path / "src", "ingest.chunk_size=16", "ingest.shard_max_samples=20"), tmp_path / "serial")
     assert again.reused
     assert read_manifest(serial.folder) == serial.manifest
+
+
+def test_shards_read_back_with_webdataset_and_tarfile(tmp_path: Path) -> None:
+    import tarfile
+
+    import webdataset as wds
+
+    jpeg_folder(tmp_path / "src", 30, classes=3)
+    cfg = _cfg(
+        tmp_path / "src", "ingest.source.labels=subfolder", "ingest.shard_max_samples=8", "ingest.test_fraction=0"
+    )
+    result = ingest(cfg, tmp_path / "out")
+    urls = shard_urls(result.manifest, result.folder, "train")
+    samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil"))
+    assert len(samples) == 30
+    assert {s["cls"] for s in samples} == {0, 1, 2}
+    assert all(s["jpg"].size == (48, 40) and s["json"]["sha256"] for s in samples)
+    for url in urls:
+        with tarfile.open(url) as tar:
+            members = tar.getmembers()
+            assert all(m.isreg() and m.mtime == 0 and m.mode == 0o444 for m in members)
+            assert [m.name.split(".")[1] for m in members[:3]] == ["cls", "jpg", "json"]
