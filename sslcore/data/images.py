@@ -36,37 +36,6 @@ class CleanImage:
     reencoded: bool
 
 
-def _decode(raw: bytes, max_pixels: int, draft: bool = False) -> tuple[Image.Image, list[str], tuple[int, int]]:
-    """Open and load; returns the image, the warnings PIL raised doing so, and the full size.
-
-    With ``draft``, a JPEG is decoded at 1/8 scale: every entropy-coded block is still read (so
-    truncation and corruption are caught) but the inverse DCT and colour conversion are ~8x
-    cheaper. Callers re-decode at full size when they need the pixels.
-    """
-    if not raw:
-        raise RejectedImage("empty_file")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            img = Image.open(io.BytesIO(raw))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise RejectedImage("too_many_pixels", f"{width}x{height} > max_pixels={max_pixels}")
-            if draft and img.format == "JPEG" and img.mode in ("L", "RGB"):
-                img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
-            img.load()
-    except RejectedImage:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise RejectedImage("too_many_pixels", f"{exc} (max_pixels={max_pixels})") from None
-    except Exception as exc:  # PIL raises many types for broken inputs
-        message = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, Image.UnidentifiedImageError) or "cannot identify image file" in str(exc):
-            raise RejectedImage("not_an_image", message) from None
-        raise RejectedImage("truncated_or_corrupt", message) from None
-    return img, [str(w.message) for w in caught], (width, height)
-
-
 def _to_mode(img: Image.Image, mode: Literal["keep", "RGB", "L"]) -> Image.Image:
     has_alpha = img.mode in ("LA", "RGBA", "PA", "La", "RGBa") or "transparency" in img.info
     if img.mode in GRAY_MODES and img.mode not in ("1", "L"):  # 16-bit and float grayscale -> 8-bit
@@ -77,6 +46,34 @@ def _to_mode(img: Image.Image, mode: Literal["keep", "RGB", "L"]) -> Image.Image
         img = Image.alpha_composite(background, rgba)
     target = mode if mode != "keep" else ("L" if img.mode in ("1", "L") else "RGB")
     return img.convert(target) if img.mode != target else img
+
+
+def _open(raw: bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError as exc:
+        raise RejectedImage("too_many_pixels", str(exc)) from None
+    except Image.UnidentifiedImageError as exc:
+        raise RejectedImage("not_an_image", f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # PIL raises many types for broken headers
+        raise RejectedImage("truncated_or_corrupt", f"{type(exc).__name__}: {exc}") from None
+
+
+def _load(img: Image.Image) -> None:
+    try:
+        img.load()
+    except Exception as exc:
+        raise RejectedImage("truncated_or_corrupt", f"{type(exc).__name__}: {exc}") from None
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("LA", "RGBA", "PA", "La", "RGBa") or "transparency" in img.info
+
+
+def _target_mode(img: Image.Image, mode: Literal["keep", "RGB", "L"]) -> str:
+    if mode != "keep":
+        return mode
+    return "L" if img.mode in GRAY_MODES and not _has_alpha(img) else "RGB"
 
 
 def clean_image(
@@ -91,66 +88,72 @@ def clean_image(
     reencode_format: str = "png",
     jpeg_quality: int = 95,
 ) -> CleanImage:
-    """Validate encoded bytes and return what goes into a shard.
+    """Validate encoded bytes, decoding them exactly once, and return what goes into a shard.
 
-    Handled and kept: EXIF orientation (applied), CMYK, palette and alpha, 16-bit, grayscale
-    (converted per ``mode``), animated images (first frame). The original bytes are kept when they
-    are a PNG or JPEG that needs no change and is at most ``max_image_bytes``; otherwise the
-    decoded image is re-encoded as ``reencode_format``.
+    Handled and kept: EXIF orientation (applied), CMYK, palette and alpha (composited on white),
+    16-bit, grayscale (converted per ``mode``), animated images (first frame). The original bytes
+    are kept when they are a PNG or JPEG that needs no change and is at most ``max_image_bytes``;
+    otherwise the decoded image is re-encoded as ``reencode_format``. A JPEG kept as it is gets
+    decoded at 1/8 scale: every entropy-coded block is still read, so truncation and corruption
+    are caught, while the inverse DCT and colour conversion cost ~8x less.
 
     Raises:
         RejectedImage: empty, not an image, truncated/corrupt, too many pixels, too small, or
             unreadable EXIF.
     """
-    may_keep = keep_original and len(raw) <= max_image_bytes
-    img, decode_warnings, (original_width, original_height) = _decode(raw, max_pixels, draft=may_keep)
-    fmt = img.format
-    drafted = img.size != (original_width, original_height)
-    if min(original_width, original_height) < min_side:
-        raise RejectedImage("too_small", f"{original_width}x{original_height} < min_side={min_side}")
-    changed = bool(getattr(img, "n_frames", 1) > 1)  # animations keep only the first frame
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-        messages = decode_warnings + [str(w.message) for w in caught]
-        exif_warnings = [m for m in messages if "exif" in m.lower()]
-        if exif_warnings:  # PIL only warns about corrupt EXIF and carries on with partial data
-            raise RejectedImage("unreadable_exif", exif_warnings[0])
-    except RejectedImage:
-        raise
-    except Exception as exc:  # malformed EXIF blocks raise from deep inside PIL
-        raise RejectedImage("unreadable_exif", f"{type(exc).__name__}: {exc}") from None
-    needs_resize = max_short_side is not None and min(original_width, original_height) > max_short_side
-    if drafted:
-        target = mode if mode != "keep" else img.mode
-        if orientation in (None, 1) and not needs_resize and target == img.mode:
-            return CleanImage(
-                raw, "jpg", original_width, original_height, img.mode, original_width, original_height, False
-            )
-        img = _decode(raw, max_pixels)[0]  # the pixels are needed: decode at full size
-    if orientation not in (None, 1):
+    if not raw:
+        raise RejectedImage("empty_file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        img = _open(raw)
+        fmt = img.format
+        width, height = img.size
+        if width * height > max_pixels:
+            raise RejectedImage("too_many_pixels", f"{width}x{height} > max_pixels={max_pixels}")
+        if min(width, height) < min_side:
+            raise RejectedImage("too_small", f"{width}x{height} < min_side={min_side}")
+        if fmt != "JPEG":  # only JPEG can be decoded at reduced scale; others read EXIF after the pixels
+            _load(img)
+        try:
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1) or 1
+        except Exception as exc:  # malformed EXIF blocks raise from deep inside PIL
+            raise RejectedImage("unreadable_exif", f"{type(exc).__name__}: {exc}") from None
+        target = _target_mode(img, mode)
+        needs_resize = max_short_side is not None and min(width, height) > max_short_side
+        keep = (
+            keep_original
+            and fmt in KEEP_FORMATS
+            and len(raw) <= max_image_bytes
+            and orientation == 1
+            and not needs_resize
+            and target == img.mode
+            and not _has_alpha(img)
+            and getattr(img, "n_frames", 1) == 1
+        )
+        if fmt == "JPEG":
+            if keep:
+                img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+            _load(img)
+    exif_warnings = [str(w.message) for w in caught if "exif" in str(w.message).lower()]
+    if exif_warnings:  # PIL only warns about corrupt EXIF and carries on with partial data
+        raise RejectedImage("unreadable_exif", exif_warnings[0])
+    if keep:
+        return CleanImage(raw, KEEP_FORMATS[str(fmt)], width, height, target, width, height, False)
+
+    if orientation != 1:
         img = ImageOps.exif_transpose(img)
-        changed = True
-    converted = _to_mode(img, mode)
-    changed = changed or converted is not img
-    img = converted
+    img = _to_mode(img, mode)
     if needs_resize and max_short_side is not None:
         scale = max_short_side / min(img.size)
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         img = img.resize(size, Image.Resampling.LANCZOS)
-        changed = True
-    if keep_original and not changed and fmt in KEEP_FORMATS and len(raw) <= max_image_bytes:
-        return CleanImage(
-            raw, KEEP_FORMATS[fmt], img.width, img.height, img.mode, original_width, original_height, False
-        )
     pil_format, ext = ENCODERS[reencode_format]
     buf = io.BytesIO()
     if pil_format == "PNG":
         img.save(buf, format="PNG", optimize=False, compress_level=6)
     else:
         img.save(buf, format=pil_format, quality=jpeg_quality)
-    return CleanImage(buf.getvalue(), ext, img.width, img.height, img.mode, original_width, original_height, True)
+    return CleanImage(buf.getvalue(), ext, img.width, img.height, img.mode, width, height, True)
 
 
 def decode_rgb(data: bytes) -> Image.Image:
