@@ -74,9 +74,5 @@ class Encoder:
         return torch.cat(outs).numpy().astype(np.float32)
 
 
-def spec_for(
-    model_cfg: ModelConfig, mean: tuple[float, float, float], std: tuple[float, float, float]
-) -> EncoderSpec:
-    return EncoderSpec(
-        model=model_cfg, mean=mean, std=std, embedding_dim=feature_dim(create_backbone(model_cfg))
-    )
+def spec_for(model_cfg: ModelConfig, mean: tuple[float, float, float], std: tuple[float, float, float]) -> EncoderSpec:
+    return EncoderSpec(model=model_cfg, mean=mean, std=std, embedding_dim=feature_dim(create_backbone(model_cfg)))

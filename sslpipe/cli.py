@@ -28,9 +28,7 @@ SetOpt = Annotated[
 ]
 FromOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--from", help="The previous stage's record (JSON); default <work_dir>/records/<stage>.json."
-    ),
+    typer.Option("--from", help="The previous stage's record (JSON); default <work_dir>/records/<stage>.json."),
 ]
 
 
@@ -148,9 +146,9 @@ def embed(
     model: Annotated[
         str, typer.Option("--model", "-m", help="MLflow model URI, e.g. models:/sslpipe-encoder@candidate.")
     ],
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write the (N, D) float32 array.")
-    ] = Path("embeddings.npy"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the (N, D) float32 array.")] = Path(
+        "embeddings.npy"
+    ),
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -217,8 +215,7 @@ def _print_summary(summary: Any) -> None:
     console.print(f"model: [bold]{reg.model_uri}[/] -> version {reg.version}")
     console.print(f"MLflow run: {reg.run_id} (experiment {reg.experiment_id}) at {reg.tracking_uri}")
     console.print(
-        f"Prefect flow run: {summary.flow_run_id}"
-        + (f" {summary.flow_run_url}" if summary.flow_run_url else "")
+        f"Prefect flow run: {summary.flow_run_id}" + (f" {summary.flow_run_url}" if summary.flow_run_url else "")
     )
     console.print(f"open the MLflow UI: [cyan]{summary.mlflow_ui}[/]")
 
