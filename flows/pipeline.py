@@ -32,6 +32,8 @@ class RunSummary(BaseModel):
     stage_seconds: dict[str, float]
     samples: dict[str, int]
     metrics: dict[str, float]
+    headline: str
+    baseline: str | None
     images_per_s: float
     registered: RegisterRecord
     mlflow_ui: str
@@ -66,6 +68,8 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:  # noqa: 
         },
         samples=ingested.samples,
         metrics=evaluated.metrics,
+        headline=evaluated.headline,
+        baseline=evaluated.baseline,
         images_per_s=trained.images_per_s,
         registered=registered,
         mlflow_ui=mlflow_ui_command(config),
@@ -83,10 +87,10 @@ def _ui_url() -> str | None:
 def summary_markdown(s: RunSummary) -> str:
     rows = "".join(f"| {k} | {v:.1f} s |\n" for k, v in s.stage_seconds.items())
     m = s.metrics
+    base = f" vs random init {m[s.baseline]:.4f}" if s.baseline else ""
     return (
         "## sslpipe run\n\n| stage | time |\n|---|---|\n" + rows + "\n"
-        f"kNN top-1 **{m['knn_top1']:.4f}** vs random init {m['random_init_knn_top1']:.4f} "
-        f"(test split, {int(m['test_samples'])} images).\n\n"
+        f"`{s.headline}` **{m[s.headline]:.4f}**{base}.\n\n"
         f"Registered `{s.registered.model_uri}` = version {s.registered.version}, "
         f"MLflow run `{s.registered.run_id}`.\n\nOpen MLflow: `{s.mlflow_ui}`\n"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -20,6 +21,61 @@ def training_curves(history: list[dict[str, float]], path: Path) -> Path:
     ax_speed.set(xlabel="epoch", ylabel="images/s", title="throughput (all workers)")
     for ax in (ax_loss, ax_speed):
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def embedding_map(coords: np.ndarray, labels: np.ndarray, names: tuple[str, ...], title: str, path: Path) -> Path:
+    """A 2-D map of test embeddings (e.g. t-SNE), one colour per class."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    for i, name in enumerate(names):
+        sel = labels == i
+        if sel.any():
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=6, color=cmap(i % cmap.N), label=name, alpha=0.8)
+    ax.set(title=title, xticks=[], yticks=[])
+    if len(names) <= 20:
+        ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix(cm: np.ndarray, names: tuple[str, ...], title: str, path: Path) -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: prediction)."""
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax.set_yticklabels(names, fontsize=7)
+    if len(names) <= 20:
+        for (i, j), v in np.ndenumerate(norm):
+            if v >= 0.01:
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def view_grid(rows: list[list[np.ndarray]], path: Path, title: str = "augmented views") -> Path:
+    """Each row: an original image followed by its augmented views, as uint8 (H, W, 3) arrays."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.3 * n_cols, 1.3 * n_rows), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                ax.imshow(row[c], interpolation="nearest")
+                if r == 0:
+                    ax.set_title("original" if c == 0 else f"view {c}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

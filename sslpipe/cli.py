@@ -205,11 +205,23 @@ def _print_summary(summary: Any) -> None:
     table.add_row("total", f"{sum(summary.stage_seconds.values()):.1f} s", style="bold")
     console.print(table)
     m = summary.metrics
-    console.print(
-        f"kNN top-1 (k=20, T=0.07) on {int(m['test_samples'])} test images: "
-        f"[bold green]{m['knn_top1']:.4f}[/] vs random init {m['random_init_knn_top1']:.4f} "
-        f"(top-5 {m['knn_top5']:.4f} vs {m['random_init_knn_top5']:.4f})"
+    dataset = summary.headline.split("/", 1)[0]
+    rows = Table(title=f"transfer on {dataset} ({int(m.get(f'{dataset}/test_samples', 0))} test images)")
+    for column in ("protocol", "pretrained", "random init", "raw pixels"):
+        rows.add_column(column, justify="left" if column == "protocol" else "right")
+    protocols = sorted(
+        k.split("/", 2)[2] for k in m if k.startswith(f"{dataset}/ssl/") and k.endswith(("top1", "_mean"))
     )
+    for protocol in protocols:
+        cells = [m.get(f"{dataset}/{enc}/{protocol}") for enc in ("ssl", "random_init", "pixels")]
+        rows.add_row(
+            protocol,
+            *("-" if v is None else f"{v:.4f}" for v in cells),
+            style="bold" if f"{dataset}/ssl/{protocol}" == summary.headline else None,
+        )
+    console.print(rows)
+    base = f" vs random init [bold]{m[summary.baseline]:.4f}[/]" if summary.baseline else ""
+    console.print(f"{summary.headline}: [bold green]{m[summary.headline]:.4f}[/]{base}")
     reg = summary.registered
     console.print(f"training throughput: {summary.images_per_s:.0f} images/s")
     console.print(f"model: [bold]{reg.model_uri}[/] -> version {reg.version}")

@@ -57,7 +57,11 @@ class PretrainRecord(Record):
 
 class EvaluateRecord(Record):
     pretrain: PretrainRecord
-    metrics: dict[str, float]
+    metrics: dict[str, float] = Field(description="<dataset>/<encoder>/<protocol> -> value.")
+    headline: str = Field(description="Key of the primary metric, e.g. digits/ssl/knn_k20_top1.")
+    baseline: str | None = Field(description="The same protocol for the random-init backbone.")
+    datasets: list[str]
+    artifacts: list[str] = Field(default_factory=list, description="Plots and tables to log with the run.")
     duration_s: float
 
 

@@ -132,6 +132,8 @@ def register(config: PipelineConfig, evaluation: EvaluateRecord) -> RegisterReco
             mlflow.log_artifact(ingest.manifest_path, artifact_path="data")
             mlflow.log_artifact(str(tmp / "config.json"))
             mlflow.log_artifact(str(tmp / "training_curves.png"), artifact_path="plots")
+            for path in evaluation.artifacts:
+                mlflow.log_artifact(path, artifact_path="plots" if path.endswith(".png") else "evaluation")
             info = mlflow.pyfunc.log_model(
                 name="encoder",
                 python_model=str(MODEL_CODE),
@@ -145,13 +147,14 @@ def register(config: PipelineConfig, evaluation: EvaluateRecord) -> RegisterReco
     client = MlflowClient(uri)
     version = mlflow.register_model(info.model_uri, config.mlflow.model_name, tags=tags)
     client.set_registered_model_alias(config.mlflow.model_name, config.mlflow.alias, version.version)
-    knn, base = evaluation.metrics["knn_top1"], evaluation.metrics["random_init_knn_top1"]
+    headline = evaluation.metrics[evaluation.headline]
+    base = f" vs random init {evaluation.metrics[evaluation.baseline]:.4f}" if evaluation.baseline else ""
     client.update_model_version(
         config.mlflow.model_name,
         version.version,
         description=(
             f"{config.method.name} on {config.model.backbone} ({config.model.image_size}px), data "
-            f"{ingest.fingerprint[:12]}: kNN top-1 {knn:.4f} vs random init {base:.4f}."
+            f"{ingest.fingerprint[:12]}: {evaluation.headline} = {headline:.4f}{base}."
         ),
     )
     record = RegisterRecord(

@@ -85,8 +85,13 @@ def test_model_version_with_candidate_alias(pipeline_run) -> None:
     assert len(version.tags["sslpipe.manifest_fingerprint"]) == 64
     run = client.get_run(reg.run_id)
     assert run.data.params["train.epochs"] == "2"
-    assert {"knn_top1", "random_init_knn_top1"} <= set(run.data.metrics)
-    assert summary.metrics["knn_top1"] == run.data.metrics["knn_top1"]
+    assert summary.headline == "digits/ssl/knn_k20_top1"
+    assert summary.baseline == "digits/random_init/knn_k20_top1"
+    for key in (summary.headline, summary.baseline, "digits/ssl/linear_top1", "digits/pixels/knn_k20_top1"):
+        assert run.data.metrics[key] == pytest.approx(summary.metrics[key])
+    artifacts = {f.path for f in client.list_artifacts(reg.run_id, "plots")}
+    assert {"plots/training_curves.png", "plots/digits_tsne.png", "plots/digits_confusion.png",
+            "plots/augmented_views.png"} <= artifacts  # fmt: skip
 
 
 def _digits(n: int) -> np.ndarray:
