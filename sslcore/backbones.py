@@ -53,7 +53,8 @@ def create_backbone(cfg: ModelConfig, in_chans: int = 3) -> nn.Module:
 
 def feature_dim(model: nn.Module) -> int:
     """Width of the pooled features (timm's ``num_features``)."""
-    dim = getattr(model, "num_features", None)
+    # head_hidden_size: models whose pooled output passes a conv head (MobileNetV3/V4, GhostNet, ...)
+    dim = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
     if not isinstance(dim, int):  # pragma: no cover - every timm model sets it
         raise ValueError("backbone has no integer num_features")
     return dim

@@ -20,6 +20,7 @@ import yaml
 from pydantic import (
     BaseModel,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -266,6 +267,31 @@ class MlflowConfig(StrictModel):
     alias: str = Field("candidate", min_length=1)
 
 
+class Guard(StrictModel):
+    """A metric the candidate must not regress on by more than ``tolerance``."""
+
+    metric: str = Field(description="Metric name; '{dataset}' expands to every evaluated dataset.")
+    tolerance: NonNegativeFloat = 0.01
+    higher_is_better: bool = True
+
+
+class PromotionConfig(StrictModel):
+    """Champion/challenger gates: when may the ``candidate`` become the ``champion``."""
+
+    primary: str | None = Field(None, description="Metric that must improve; default the evaluation headline.")
+    min_margin: float = Field(0.0, description="Candidate must beat the champion's primary by more than this.")
+    baseline_margin: float = Field(
+        0.0, description="First model ever: must beat the random-init primary by more than this."
+    )
+    guards: tuple[Guard, ...] = (
+        Guard(metric="{dataset}/ssl/linear_top1", tolerance=0.02),
+        Guard(metric="{dataset}/ssl/health_collapsed", tolerance=0.0, higher_is_better=False),
+    )
+    champion_alias: str = "champion"
+    previous_alias: str = "previous-champion"
+    lock_timeout_s: PositiveFloat = Field(900, description="A promotion lock older than this is stale.")
+
+
 class PipelineConfig(StrictModel):
     """The whole pipeline: one section per stage plus where things live."""
 
@@ -279,6 +305,7 @@ class PipelineConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     @model_validator(mode="after")
     def _batch_divides(self) -> PipelineConfig:
@@ -325,22 +352,45 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _union_member(annotation: Any, tag: Any) -> type[BaseModel] | None:
+    """The member of a discriminated union whose ``kind``/``name`` default equals ``tag``."""
+    for member in getattr(annotation, "__args__", ()):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            for field in ("kind", "name"):
+                info = member.model_fields.get(field)
+                if info is not None and info.default == tag:
+                    return member
+        inner = _union_member(member, tag)  # Annotated[Union[...], Field(...)]
+        if inner is not None:
+            return inner
+    return None
+
+
 def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys at ``loc`` (minus its last element) within ``model``, for did-you-mean hints."""
+    """Valid keys at ``loc`` (minus its last element) within ``model``, for did-you-mean hints.
+
+    pydantic puts the discriminator tag after a union field (``ingest.source.folder.path``): the
+    walk follows it into that member, so the hint lists that source's or method's own keys.
+    """
     current: Any = model
-    for part in loc[:-1]:
+    parts = list(loc[:-1])
+    i = 0
+    while i < len(parts):
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return []
-        field = current.model_fields.get(str(part))
+        field = current.model_fields.get(str(parts[i]))
         if field is None:
             return []
         annotation = field.annotation
-        current = annotation if isinstance(annotation, type) else None
-        if current is None:
-            # Unions (sources): collect the fields of every member.
-            members = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
-            names = {n for m in members if issubclass(m, BaseModel) for n in m.model_fields}
-            return sorted(names)
+        if isinstance(annotation, type):
+            current = annotation
+        else:  # a union: the next element of the location is the tag
+            tag = parts[i + 1] if i + 1 < len(parts) else None
+            current = _union_member(annotation, tag)
+            if current is None:
+                return []
+            i += 1
+        i += 1
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)
     return []
@@ -387,6 +437,9 @@ def format_validation_error(exc: ValidationError) -> str:
             problems.append(f"unknown key '{key}' ({hint})")
         elif err["type"] == "union_tag_invalid":
             problems.append(f"{key}: {err['msg']}")
+        elif err["type"] == "union_tag_not_found":
+            tag = err.get("ctx", {}).get("discriminator", "kind").strip("'")
+            problems.append(f"{key}: set {key}.{tag} first (it decides which other keys are valid)")
         else:
             got = err.get("input")
             secret = any(word in key.lower() for word in SENSITIVE_WORDS)

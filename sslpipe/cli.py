@@ -141,6 +141,21 @@ def register(config: ConfigOpt = None, set_: SetOpt = None, from_: FromOpt = Non
 
 
 @app.command()
+def promote(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Restore the previous champion.")] = False,
+) -> None:
+    """Promote the candidate to champion if it passes every gate (or --rollback)."""
+    cfg = _prepare(config, set_, check_data=False, ray=False)
+    from flows.promote import promote_flow
+
+    record = _run_flow(promote_flow, cfg, rollback)
+    typer.echo(f"{record.decision}: {record.reason}")
+    typer.echo(f"champion: {record.champion_before} -> {record.champion_after}")
+
+
+@app.command()
 def embed(
     paths: Annotated[list[Path], typer.Argument(help="Image files to embed.")],
     model: Annotated[

@@ -10,6 +10,7 @@ from sslcore.data.ingest import IngestError
 from sslcore.data.manifest import ManifestError
 from sslcore.data.sources import SourceError
 from sslcore.evaluation.protocols import EvaluationError
+from sslcore.gates import PromotionError
 from sslcore.preflight import PreflightError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -20,6 +21,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     PreflightError,
     EvaluationError,
     RejectedImage,
+    PromotionError,
 )
 
 

@@ -130,6 +130,8 @@ def evaluate(config: PipelineConfig, pretrain: PretrainRecord) -> EvaluateRecord
         headline=report.headline,
         baseline=report.baseline,
         datasets=[ds.name for ds in report.datasets],
+        data_fingerprints={name: manifest.fingerprint for name, manifest, _ in datasets},
+        data_uris={name: path for name, _, path in datasets},
         artifacts=artifacts,
         duration_s=time.perf_counter() - start,
     )

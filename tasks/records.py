@@ -61,11 +61,14 @@ class EvaluateRecord(Record):
     headline: str = Field(description="Key of the primary metric, e.g. digits/ssl/knn_k20_top1.")
     baseline: str | None = Field(description="The same protocol for the random-init backbone.")
     datasets: list[str]
+    data_fingerprints: dict[str, str] = Field(default_factory=dict, description="Manifest fingerprint per dataset.")
+    data_uris: dict[str, str] = Field(default_factory=dict, description="Shard folder per dataset.")
     artifacts: list[str] = Field(default_factory=list, description="Plots and tables to log with the run.")
     duration_s: float
 
 
 class RegisterRecord(Record):
+    reused: bool = Field(False, description="An earlier attempt had already registered this training run.")
     tracking_uri: str
     experiment_id: str
     run_id: str

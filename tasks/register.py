@@ -1,7 +1,14 @@
-"""Register stage: log the run (config, metrics, lineage, plots) and register the encoder in MLflow."""
+"""Register stage: log the run (config, metrics, lineage, plots, model card) and register the encoder.
+
+Idempotent: the run carries an idempotency key derived from the training run, its checkpoint and
+its evaluation. A retry or re-run finds the run and its model version and reuses them, so a
+training run never yields a second MLflow run or a second model version. A run left incomplete by
+a crash (no ``sslpipe.logged`` tag) is deleted and logged again from scratch.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import tempfile
@@ -12,6 +19,8 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
@@ -22,19 +31,24 @@ from safetensors.torch import save_file
 
 import sslcore
 from sslcore.config import PipelineConfig
-from sslcore.inference import EncoderSpec
+from sslcore.inference import Encoder, EncoderSpec
 from sslcore.plots import training_curves
+from sslcore.storage import filesystem
 from sslcore.train import backbone_state_dict
 from tasks.errors import retry_unless_user_error
+from tasks.model_card import model_card
 from tasks.records import EvaluateRecord, RegisterRecord
-from tasks.runtime import artifact_root, tracking_uri
+from tasks.runtime import artifact_root, registry_errors, tracking_uri
 
 MODEL_CODE = Path(__file__).with_name("encoder_model.py")
 SERVING_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "numpy", "pillow", "pydantic", "pyyaml")
+KEY_TAG = "sslpipe.idempotency_key"
+LOGGED_TAG = "sslpipe.logged"
+MODEL_URI_TAG = "sslpipe.model_uri"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> ``{"train.lr": "0.002", ...}`` for MLflow params."""
+    """Nested config -> ``{"train.lr": "0.002", ...}`` for MLflow params (secrets arrive masked)."""
     out: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
@@ -57,6 +71,21 @@ def code_version() -> str:
     return f"sslpipe=={metadata.version('sslpipe')}"
 
 
+def idempotency_key(evaluation: EvaluateRecord) -> str:
+    """Same training run, checkpoint and evaluation -> same key -> same MLflow run and version."""
+    pretrain = evaluation.pretrain
+    blob = json.dumps(
+        {"run": pretrain.run_name, "checkpoint": pretrain.checkpoint_path, "metrics": evaluation.metrics},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def eval_fingerprint(evaluation: EvaluateRecord) -> str:
+    """Identifies the evaluation data, so promotion can tell whether two versions were scored alike."""
+    return hashlib.sha256(json.dumps(evaluation.data_fingerprints, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def _pins() -> list[str]:
     pins = []
     for name in SERVING_PACKAGES:
@@ -74,52 +103,59 @@ def _experiment_id(config: PipelineConfig) -> str:
     return str(mlflow.create_experiment(config.mlflow.experiment, artifact_location=artifact_root(config)))
 
 
-@task(
-    name="register",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_unless_user_error,
-    cache_policy=NO_CACHE,
-    tags=["sslpipe", "register", "mlflow"],
-)
-def register(config: PipelineConfig, evaluation: EvaluateRecord) -> RegisterRecord:
-    """Log everything about the run, register the encoder and point ``config.mlflow.alias`` at it."""
-    start = time.perf_counter()
+def _find_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=10)
+    complete = [r for r in runs if r.data.tags.get(LOGGED_TAG) == "true"]
+    for stale in (r for r in runs if r.data.tags.get(LOGGED_TAG) != "true"):
+        client.delete_run(stale.info.run_id)  # a crashed attempt: its logging is redone below
+    return complete[0] if complete else None
+
+
+def _find_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return sorted(versions, key=lambda v: int(v.version))[0] if versions else None
+
+
+def _lineage(config: PipelineConfig, evaluation: EvaluateRecord, key: str) -> dict[str, str]:
     pretrain, ingest = evaluation.pretrain, evaluation.pretrain.ingest
-    uri = tracking_uri(config)
-    mlflow.set_tracking_uri(uri)
-    experiment_id = _experiment_id(config)
-    flow_run_id = str(runtime.flow_run.id or "")
-    spec = EncoderSpec(
-        model=config.model,
-        mean=config.augment.mean,
-        std=config.augment.std,
-        embedding_dim=0,
-    )
+    url = runtime.flow_run.ui_url
+    return {
+        KEY_TAG: key,
+        "sslpipe.manifest_fingerprint": ingest.fingerprint,
+        "sslpipe.data_uri": ingest.shard_folder,
+        "sslpipe.eval_fingerprint": eval_fingerprint(evaluation),
+        "sslpipe.eval_datasets": ",".join(evaluation.datasets),
+        "sslpipe.eval_data": json.dumps([[n, evaluation.data_uris.get(n, "")] for n in evaluation.datasets]),
+        "sslpipe.headline_metric": evaluation.headline,
+        "sslpipe.method": config.method.name,
+        "sslpipe.backbone": config.model.backbone,
+        "sslpipe.prefect_flow_run_id": str(runtime.flow_run.id or ""),
+        "sslpipe.prefect_flow_run_url": url if url and url.startswith("http") else "",
+        "sslpipe.ray_run_name": pretrain.run_name,
+        "sslpipe.checkpoint_uri": pretrain.checkpoint_path,
+        "sslpipe.code_version": code_version(),
+    }
+
+
+def _log_run(config: PipelineConfig, evaluation: EvaluateRecord, experiment_id: str, tags: dict[str, str]) -> str:
+    pretrain, ingest = evaluation.pretrain, evaluation.pretrain.ingest
     weights = backbone_state_dict(Path(pretrain.checkpoint_path))
+    spec = EncoderSpec(model=config.model, mean=config.augment.mean, std=config.augment.std, embedding_dim=0)
+    spec = Encoder.load_from_state(spec, weights).spec
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "backbone.safetensors"))
-        from sslcore.inference import Encoder
-
-        encoder = Encoder.load_from_state(spec, weights)
-        spec = encoder.spec
         (tmp / "encoder.json").write_text(spec.model_dump_json(indent=2))
         (tmp / "config.json").write_text(config.model_dump_json(indent=2))
+        (tmp / "model_card.md").write_text(model_card(config, evaluation))
+        fs, manifest_path = filesystem(ingest.manifest_path, config.storage)
+        (tmp / "manifest.json").write_bytes(fs.cat_file(manifest_path))
         training_curves(pretrain.history, tmp / "training_curves.png")
-        example = np.zeros((2, config.model.image_size, config.model.image_size, 3), dtype=np.uint8)
         signature = ModelSignature(
             inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.embedding_dim))]),
         )
-        tags = {
-            "sslpipe.manifest_fingerprint": ingest.fingerprint,
-            "sslpipe.data_uri": ingest.shard_folder,
-            "sslpipe.prefect_flow_run_id": flow_run_id,
-            "sslpipe.ray_run_name": pretrain.run_name,
-            "sslpipe.checkpoint_uri": pretrain.checkpoint_path,
-            "sslpipe.code_version": code_version(),
-        }
+        example = np.zeros((2, config.model.image_size, config.model.image_size, 3), dtype=np.uint8)
         with mlflow.start_run(experiment_id=experiment_id, run_name=pretrain.run_name, tags=tags) as run:
             mlflow.log_params(flatten(config.model_dump(mode="json")))
             for entry in pretrain.history:
@@ -129,11 +165,15 @@ def register(config: PipelineConfig, evaluation: EvaluateRecord) -> RegisterReco
             mlflow.log_metrics(
                 {"train_images_per_s": pretrain.images_per_s, "pretrain_duration_s": pretrain.duration_s}
             )
-            mlflow.log_artifact(ingest.manifest_path, artifact_path="data")
+            mlflow.log_artifact(str(tmp / "manifest.json"), artifact_path="data")
             mlflow.log_artifact(str(tmp / "config.json"))
+            mlflow.log_artifact(str(tmp / "model_card.md"))
             mlflow.log_artifact(str(tmp / "training_curves.png"), artifact_path="plots")
             for path in evaluation.artifacts:
                 mlflow.log_artifact(path, artifact_path="plots" if path.endswith(".png") else "evaluation")
+            # timm-compatible weights beside the pyfunc, for fine-tuning with timm directly
+            mlflow.log_artifact(str(tmp / "backbone.safetensors"), artifact_path="timm")
+            mlflow.log_artifact(str(tmp / "encoder.json"), artifact_path="timm")
             info = mlflow.pyfunc.log_model(
                 name="encoder",
                 python_model=str(MODEL_CODE),
@@ -143,35 +183,62 @@ def register(config: PipelineConfig, evaluation: EvaluateRecord) -> RegisterReco
                 input_example=example,
                 pip_requirements=_pins(),
             )
-            run_id = run.info.run_id
+            mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+            mlflow.set_tag(LOGGED_TAG, "true")  # last: marks the run complete
+            return str(run.info.run_id)
+
+
+@task(
+    name="register",
+    retries=3,
+    retry_delay_seconds=[5, 15, 45],
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+    tags=["sslpipe", "register", "mlflow"],
+)
+def register(config: PipelineConfig, evaluation: EvaluateRecord) -> RegisterRecord:
+    """Log the run, register the encoder and point ``config.mlflow.alias`` at it (once per training run)."""
+    uri = tracking_uri(config)
+    with registry_errors(uri):
+        return _register(config, evaluation, uri)
+
+
+def _register(config: PipelineConfig, evaluation: EvaluateRecord, uri: str) -> RegisterRecord:
+    start = time.perf_counter()
+    mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    version = mlflow.register_model(info.model_uri, config.mlflow.model_name, tags=tags)
-    client.set_registered_model_alias(config.mlflow.model_name, config.mlflow.alias, version.version)
-    headline = evaluation.metrics[evaluation.headline]
-    base = f" vs random init {evaluation.metrics[evaluation.baseline]:.4f}" if evaluation.baseline else ""
-    client.update_model_version(
-        config.mlflow.model_name,
-        version.version,
-        description=(
-            f"{config.method.name} on {config.model.backbone} ({config.model.image_size}px), data "
-            f"{ingest.fingerprint[:12]}: {evaluation.headline} = {headline:.4f}{base}."
-        ),
-    )
+    experiment_id = _experiment_id(config)
+    key = idempotency_key(evaluation)
+    tags = _lineage(config, evaluation, key)
+    name = config.mlflow.model_name
+
+    existing = _find_run(client, experiment_id, key)
+    run_id = existing.info.run_id if existing is not None else _log_run(config, evaluation, experiment_id, tags)
+    version = _find_version(client, name, run_id)
+    reused = existing is not None and version is not None
+    if version is None:
+        model_uri = client.get_run(run_id).data.tags[MODEL_URI_TAG]
+        version = mlflow.register_model(model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, config.mlflow.alias, version.version)
+    client.update_model_version(name, version.version, description=model_card(config, evaluation))
+
     record = RegisterRecord(
+        reused=reused,
         tracking_uri=uri,
         experiment_id=experiment_id,
         run_id=run_id,
-        model_name=config.mlflow.model_name,
+        model_name=name,
         version=str(version.version),
         alias=config.mlflow.alias,
-        model_uri=f"models:/{config.mlflow.model_name}@{config.mlflow.alias}",
+        model_uri=f"models:/{name}@{config.mlflow.alias}",
         duration_s=time.perf_counter() - start,
     )
     create_markdown_artifact(
         key="registered-model",
         markdown=(
-            f"### Registered\n`{record.model_uri}` = version {record.version} "
-            f"(MLflow run `{run_id}`, experiment {experiment_id})\n"
+            f"### Registered\n`{record.model_uri}` = version {record.version}"
+            f"{' (reused: this training run was already registered)' if reused else ''}; "
+            f"MLflow run `{run_id}` in experiment {experiment_id}\n"
         ),
     )
     return record

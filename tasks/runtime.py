@@ -5,7 +5,9 @@ Nothing here runs at import time; the CLI and flows call these functions at thei
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from sslcore.config import PipelineConfig
@@ -54,3 +56,27 @@ def records_dir(cfg: PipelineConfig) -> Path:
 
 def ray_storage_path(cfg: PipelineConfig) -> str:
     return str(cfg.work_path / "ray_results")
+
+
+class RegistryUnavailable(ConnectionError):
+    """The MLflow tracking server cannot be reached (transient: worth a retry)."""
+
+
+CONNECTION_HINTS = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection", "timed out")
+
+
+@contextlib.contextmanager
+def registry_errors(uri: str) -> Iterator[None]:
+    """Turn MLflow's long connection tracebacks into one clear, retryable error."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as exc:
+        text = str(exc)
+        if any(hint in text for hint in CONNECTION_HINTS):
+            raise RegistryUnavailable(
+                f"the MLflow tracking server at {uri} is unreachable: start it, or point MLFLOW_TRACKING_URI "
+                f"(or mlflow.tracking_uri) at a running server"
+            ) from None
+        raise

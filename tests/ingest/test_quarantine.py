@@ -115,7 +115,7 @@ def test_labels_from_csv_and_jsonl(tmp_path: Path) -> None:
 
 
 def test_parallel_workers_give_identical_bytes(tmp_path: Path) -> None:
-    from helpers import tree_digest
+    from ingest_helpers import tree_digest
 
     jpeg_folder(tmp_path / "src", 150, classes=3)
     serial = ingest(_cfg(tmp_path / "src", "ingest.chunk_size=16", "ingest.shard_max_samples=20"), tmp_path / "serial")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from corpus import jpeg_folder
-from helpers import journal_entries, run_ingest, start_ingest, tree_digest, wait_for
+from ingest_helpers import journal_entries, run_ingest, start_ingest, tree_digest, wait_for
 
 from sslcore.config import IngestConfig, StorageConfig, load_config
 from sslcore.storage import filesystem

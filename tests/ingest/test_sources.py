@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from corpus import jpeg, jpeg_folder
-from helpers import tree_digest
+from ingest_helpers import tree_digest
 
 from sslcore.config import StorageConfig, load_config
 from sslcore.data.ingest import ingest

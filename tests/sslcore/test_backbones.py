@@ -70,7 +70,23 @@ def test_small_stem_on_other_families_is_an_error() -> None:
         create_backbone(ModelConfig(backbone="mobilenetv3_small_050", small_image_stem=True))
     model = create_backbone(ModelConfig(backbone="mobilenetv3_small_050", small_image_stem=False)).eval()
     with torch.no_grad():
-        assert model(torch.randn(2, 3, 32, 32)).shape == (2, feature_dim(model))
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 1024)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "extra"),
+    [
+        ("resnet18", {}),
+        ("vit_tiny_patch16_224", {"image_size": 16, "patch_size": 4}),
+        ("mobilenetv3_small_050", {"small_image_stem": False}),
+    ],
+)
+def test_feature_dim_is_the_output_width(backbone: str, extra: dict[str, object]) -> None:
+    cfg = ModelConfig.model_validate({"backbone": backbone, **extra})
+    model = create_backbone(cfg).eval()
+    with torch.no_grad():
+        width = model(torch.randn(1, 3, cfg.image_size, cfg.image_size)).shape[-1]
+    assert feature_dim(model) == width
 
 
 def test_single_channel_input() -> None:

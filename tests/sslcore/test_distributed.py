@@ -41,13 +41,12 @@ def test_all_reduce_mean_is_a_detached_copy_in_one_process() -> None:
 def _full_batch() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     shape = (WORLD * LOCAL, DIM)
-    return torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(
-        shape, generator=g, dtype=torch.float64
-    )
+    return torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
 
 
 def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
     """One rank: NT-Xent on its slice with negatives gathered from every rank, then backward."""
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         z0_full, z1_full = _full_batch()
@@ -79,8 +78,8 @@ def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
 def test_gather_with_grad_across_two_processes(tmp_path: Path) -> None:
     """With DDP's gradient averaging, rank r's gradient / W must be the single-process gradient of
     the full-batch loss for rank r's rows (negatives from other ranks get their gradient back)."""
-    args = (str(tmp_path / "store"), str(tmp_path))
-    mp.start_processes(_gather_worker, args=args, nprocs=WORLD, join=True, start_method="fork")
+    # spawn, not fork: a forked child can inherit a held OpenMP/allocator lock and hang
+    mp.spawn(_gather_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
 
     z0_full, z1_full = _full_batch()
     z0_full.requires_grad_()

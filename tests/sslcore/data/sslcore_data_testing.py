@@ -1,8 +1,8 @@
-"""Helpers shared by the sslcore tests.
+"""Helpers shared by the sslcore.data tests: generated images and one digits ingest per session.
 
 This is a plain module rather than a ``conftest.py``: ``tests/conftest.py`` is imported by name
-(``from conftest import REPO``), and a second ``conftest`` module without ``__init__.py`` files would
-shadow it in ``sys.modules``. Test modules import what they need from here.
+(``from conftest import REPO``), and a second ``conftest`` module (there are no ``__init__.py``
+files) would replace it in ``sys.modules``. Test modules in this folder import it by name.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def ingest_digits_once(tmp_path_factory: pytest.TempPathFactory) -> IngestResult
     """Ingest scikit-learn's digits once per test session, however many modules ask for it."""
     if "digits" not in _digits_cache:
         root = tmp_path_factory.mktemp("digits-shards")
-        _digits_cache["digits"] = ingest(digits_config(), root)
+        _digits_cache["digits"] = ingest(digits_config(), str(root))
     return _digits_cache["digits"]
 
 

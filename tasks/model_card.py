@@ -1,0 +1,64 @@
+"""The model card: what the encoder is, what it was trained on, how it scores, and its limits."""
+
+from __future__ import annotations
+
+from sslcore.config import PipelineConfig
+from tasks.records import EvaluateRecord
+
+ENCODERS = (("ssl", "this encoder"), ("random_init", "random init"), ("pixels", "raw pixels"))
+
+
+def _results(evaluation: EvaluateRecord) -> str:
+    lines = []
+    m = evaluation.metrics
+    for ds in evaluation.datasets:
+        prefix = f"{ds}/ssl/"
+        protocols = sorted(k[len(prefix) :] for k in m if k.startswith(prefix) and k.endswith(("top1", "_mean")))
+        lines += [
+            f"\n**{ds}** ({int(m.get(f'{ds}/train_samples', 0))} train / {int(m.get(f'{ds}/test_samples', 0))} "
+            "test images)\n",
+            "| protocol | " + " | ".join(label for _, label in ENCODERS) + " |",
+            "|---|" + "---:|" * len(ENCODERS),
+        ]
+        for p in protocols:
+            cells = [m.get(f"{ds}/{enc}/{p}") for enc, _ in ENCODERS]
+            lines.append(f"| {p} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + " |")
+    return "\n".join(lines)
+
+
+def model_card(config: PipelineConfig, evaluation: EvaluateRecord) -> str:
+    pretrain, ingest = evaluation.pretrain, evaluation.pretrain.ingest
+    headline = evaluation.metrics[evaluation.headline]
+    base = f" (random init: {evaluation.metrics[evaluation.baseline]:.4f})" if evaluation.baseline else ""
+    collapsed = [d for d in evaluation.datasets if evaluation.metrics.get(f"{d}/ssl/health_collapsed") == 1.0]
+    return f"""# sslpipe encoder: {config.method.name} on {config.model.backbone}
+
+**{evaluation.headline} = {headline:.4f}**{base}
+
+## Model
+- Method: `{config.method.name}`; backbone: timm `{config.model.backbone}` \
+(small-image stem: {config.model.small_image_stem}), input {config.model.image_size}x{config.model.image_size} RGB,
+  normalised with mean {config.augment.mean} and std {config.augment.std}.
+- Use: `mlflow.pyfunc.load_model(uri).predict(uint8 images (N, H, W, C))` -> float32 (N, D); the
+  weights are also logged as `timm/backbone.safetensors` with `timm/encoder.json`.
+
+## Data
+- Shards `{ingest.shard_folder}` (manifest fingerprint `{ingest.fingerprint[:16]}`): \
+{", ".join(f"{k} {v}" for k, v in ingest.samples.items())} images; {ingest.rejected} rejected, \
+{ingest.duplicates} duplicates dropped.
+- Labels were used for evaluation only, never for pretraining.
+
+## Budget
+- {pretrain.epochs} epochs, {pretrain.steps} steps at global batch {config.train.batch_size} on \
+{config.ray.num_workers} Ray workers ({"GPU" if config.ray.use_gpu else "CPU"}); {pretrain.duration_s:.0f} s, \
+{pretrain.images_per_s:.0f} images/s; final loss {pretrain.final_loss:.4f}.
+
+## Results vs baselines
+{_results(evaluation)}
+
+## Known limits
+- Scores hold for the evaluation data above at {config.model.image_size} px; other domains and resolutions
+  need their own evaluation.
+- kNN and linear probes measure frozen features; fine-tuning can rank encoders differently.
+- {"Collapse was flagged on: " + ", ".join(collapsed) if collapsed else "No representation collapse was flagged."}
+"""
