@@ -100,6 +100,7 @@ def local_ray():
 class MlflowServer:
     def __init__(self, root: Path) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -132,13 +133,19 @@ class MlflowServer:
             self.proc = None
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path, monkeypatch):
-    server = MlflowServer(tmp_path / "mlflow")
-    server.root.mkdir()
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """One server per test module (tests use their own model names); restartable by a test."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
     server.start()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    env = {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     yield server
     server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

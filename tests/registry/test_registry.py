@@ -10,14 +10,26 @@ import threading
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from registry_helpers import config, training_run
+from registry_helpers import config as base_config
+from registry_helpers import training_run
 
 from sslcore.gates import PromotionConflict, PromotionError
 from tasks.promote import promote, rollback
 from tasks.register import register
 
 pytestmark = pytest.mark.slow
-NAME = "sslpipe-encoder"
+
+
+@pytest.fixture(autouse=True)
+def model_name(request, monkeypatch) -> str:
+    """A registered model (and experiment) of its own for each test, on the shared server."""
+    global NAME
+    NAME = f"enc-{request.node.name.replace('_', '-')[5:40]}"
+    return NAME
+
+
+def config(work, *extra):
+    return base_config(work, f"mlflow.model_name={NAME}", f"mlflow.experiment={NAME}", *extra)
 
 
 def _versions(client: MlflowClient) -> list[str]:
@@ -63,7 +75,7 @@ def test_a_crashed_registration_leaves_no_second_run(mlflow_server, tmp_path) ->
     cfg = config(tmp_path / "work")
     evaluation = training_run(cfg, "run-crash", knn=0.8)
     mlflow.set_tracking_uri(mlflow_server.uri)
-    exp = mlflow.set_experiment("sslpipe")
+    exp = mlflow.set_experiment(NAME)
     with mlflow.start_run(tags={KEY_TAG: idempotency_key(evaluation)}):  # died before the model was logged
         mlflow.log_param("train.epochs", "10")
     record = register.fn(cfg, evaluation)
@@ -149,7 +161,7 @@ def test_server_restart_between_registration_and_promotion(mlflow_server, tmp_pa
     assert _alias(MlflowClient(mlflow_server.uri), "champion") == "1"
 
 
-def test_unreachable_server_is_a_clear_error(tmp_path, monkeypatch) -> None:
+def test_unreachable_server_is_a_clear_error(mlflow_server, tmp_path, monkeypatch) -> None:
     from conftest import free_port
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
