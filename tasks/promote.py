@@ -171,6 +171,10 @@ def _promote(config: PipelineConfig, uri: str) -> PromotionRecord:
                         f"version {candidate.version} does not record its evaluation data ({EVAL_DATA_TAG})"
                     )
                 champ_metrics = _reevaluate(client, config, champion, data)
+                fp = candidate.tags.get("sslpipe.eval_fingerprint", "")
+                client.set_model_version_tag(name, champion.version, f"sslpipe.reevaluated.{fp[:12]}",
+                                             json.dumps({k: round(v, 6) for k, v in champ_metrics.items()
+                                                         if k == primary or "/ssl/" in k})[:4900])  # fmt: skip
             decision = decide(cand_metrics, champ_metrics, p, primary=primary, datasets=datasets)
         gates = json.dumps(decision.as_dict(), sort_keys=True)
         verdict = "promoted" if decision.promote else "rejected"

@@ -17,8 +17,17 @@ def config(work: Path, *extra: str) -> PipelineConfig:
     return load_config(None, [f"work_dir={work}", "model.backbone=resnet10t", *extra])
 
 
-def training_run(cfg: PipelineConfig, name: str, *, knn: float, linear: float = 0.9, baseline: float = 0.6,
-                 collapsed: float = 0.0, seed: int = 0) -> EvaluateRecord:  # fmt: skip
+def training_run(
+    cfg: PipelineConfig,
+    name: str,
+    *,
+    knn: float,
+    linear: float = 0.9,
+    baseline: float = 0.6,
+    collapsed: float = 0.0,
+    seed: int = 0,
+    eval_fingerprint: str | None = None,
+) -> EvaluateRecord:
     shards = ingest(cfg.ingest, cfg.shard_dir)
     ingested = IngestRecord(
         shard_folder=shards.folder,
@@ -50,5 +59,6 @@ def training_run(cfg: PipelineConfig, name: str, *, knn: float, linear: float = 
     return EvaluateRecord(
         pretrain=pretrain, metrics=metrics, headline="digits/ssl/knn_k20_top1",
         baseline="digits/random_init/knn_k20_top1", datasets=["digits"],
-        data_fingerprints={"digits": shards.manifest.fingerprint}, data_uris={"digits": shards.folder}, duration_s=1.0,
+        data_fingerprints={"digits": eval_fingerprint or shards.manifest.fingerprint},
+        data_uris={"digits": shards.folder}, duration_s=1.0,
     )  # fmt: skip

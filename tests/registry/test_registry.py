@@ -113,6 +113,22 @@ def test_promotion_gates_rollback_and_records(mlflow_server, tmp_path) -> None:
     assert not client.get_registered_model(NAME).tags.get("sslpipe.promotion_lock")
 
 
+def test_champion_scored_on_other_data_is_reevaluated(mlflow_server, tmp_path) -> None:
+    """Different evaluation data: the champion is re-scored on the candidate's datasets first."""
+    client = MlflowClient(mlflow_server.uri)
+    cfg = config(tmp_path / "work", "eval.fewshot_shots=[1]", "eval.fewshot_seeds=1")
+    register.fn(cfg, training_run(cfg, "old-data", knn=0.99, eval_fingerprint="0" * 64))  # looks unbeatable
+    assert promote(cfg).champion_after == "1"
+    register.fn(cfg, training_run(cfg, "new-data", knn=0.95, linear=0.99, seed=1))
+    record = promote(cfg)
+    primary = record.gates[0]
+    assert primary["reference"] != pytest.approx(0.99), "the champion's stale score must not be used"
+    assert 0.0 < primary["reference"] < 0.95  # an untrained resnet10t, re-scored for real on digits
+    assert record.decision == "promoted", record.reason
+    tags = client.get_model_version(NAME, "1").tags
+    assert any(key.startswith("sslpipe.reevaluated.") for key in tags)
+
+
 def test_first_model_must_beat_random_init(mlflow_server, tmp_path) -> None:
     cfg = config(tmp_path / "work")
     register.fn(cfg, training_run(cfg, "weak", knn=0.55, baseline=0.60))
