@@ -32,6 +32,9 @@ def check_local_resources(cfg: PipelineConfig) -> None:
 
 def preflight(cfg: PipelineConfig, *, local_ray: bool, check_data: bool = True) -> None:
     """Raise :class:`PreflightError` or ``SourceError`` with a one-line fix, before any work starts."""
+    from sslcore.methods import check_method_backbone
+
+    check_method_backbone(cfg)  # patch-based methods need a ViT: say so before anything starts
     if check_data:
         check_source(cfg.ingest, cfg.storage)
     if local_ray:

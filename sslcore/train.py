@@ -1,4 +1,5 @@
-"""The framework-free training core: optimizer, schedules per step, one step, checkpoint state.
+"""The framework-free training core: optimizer, schedules per step, one step, one epoch, checkpoint
+state.
 
 ``tasks/ray_train.py`` adapts this to Ray Train; nothing here knows about Ray, Prefect or MLflow.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from sslcore.config import PipelineConfig, TrainConfig
-from sslcore.schedules import scaled_lr, warmup_cosine
+from sslcore.methods import StepValues, as_method, check_method_backbone, unwrap
+from sslcore.schedules import StepPlan, scaled_lr, warmup_cosine
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -30,18 +33,18 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class StepPlan:
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    peak_lr: float
-    final_lr: float
-
-
 def plan_steps(cfg: PipelineConfig, train_samples: int) -> StepPlan:
     """Steps per epoch from the sample count (an epoch is ``train_samples`` images, dropping the
-    last partial global batch), the schedule lengths and the batch-scaled learning rate."""
+    last partial global batch), the schedule lengths and the batch-scaled learning rate.
+
+    Also checks, cheaply, that the method can run on the backbone (patch-based methods need a
+    ViT), so that a bad pairing fails here, before any worker starts.
+
+    Raises:
+        ValueError: fewer samples than one global batch.
+        ConfigError: the method needs a ViT and ``cfg.model`` is not one.
+    """
+    check_method_backbone(cfg)
     steps = train_samples // cfg.train.batch_size
     if steps < 1:
         raise ValueError(
@@ -58,6 +61,7 @@ def plan_steps(cfg: PipelineConfig, train_samples: int) -> StepPlan:
         warmup_steps=min(round(cfg.train.warmup_epochs * steps), total),
         peak_lr=peak,
         final_lr=peak * cfg.train.min_lr_ratio,
+        weight_decay=cfg.train.weight_decay,
     )
 
 
@@ -66,14 +70,17 @@ def lr_at(plan: StepPlan, step: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD; biases and norm parameters (1-D tensors) get no weight decay."""
-    decay, no_decay = [], []
+    """AdamW or SGD over the trainable parameters (frozen teachers are left out); biases and norm
+    parameters (1-D tensors) get no weight decay. The decaying group is marked ``"decay": True``
+    so that a weight-decay schedule can find it."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": cfg.weight_decay, "decay": True},
+        {"params": no_decay, "weight_decay": 0.0, "decay": False},
     ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
@@ -95,28 +102,100 @@ def train_step(
     lr: float,
     device: torch.device,
     amp: bool = True,
+    values: StepValues | None = None,
 ) -> dict[str, float]:
-    """One optimizer step on a list of views (each (B, C, H, W)); returns detached scalars."""
+    """One optimizer step on a list of views (each (B, C, S_i, S_i)); returns detached scalars.
+
+    Args:
+        model: A method (see :mod:`sslcore.methods.base`), possibly DDP-wrapped; with
+            ``values=None`` any module mapping ``views`` to ``{"loss": ...}`` works.
+        views: The batch, one tensor per view.
+        optimizer: From :func:`build_optimizer`.
+        lr: Learning rate for this step.
+        device: Where to compute.
+        amp: bf16 autocast on CUDA.
+        values: The method's scheduled values for this step (``method.step_values(step, plan)``).
+            When given, they are passed to ``forward``, ``values.weight_decay`` (if set) is applied
+            to the decaying parameter group, and the method's ``before_optimizer_step`` (gradient
+            clipping, last-layer freezing) and ``after_optimizer_step`` (EMA teachers) hooks run.
+
+    Returns:
+        The forward's scalars, ``lr``, and the scheduled values that are set.
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
+        if values is not None and values.weight_decay is not None and group.get("decay", False):
+            group["weight_decay"] = values.weight_decay
     views = [v.to(device, non_blocking=True) for v in views]
     with autocast(device, amp):
-        out = model(views)
+        out = model(views) if values is None else model(views, values)
     loss = out["loss"]
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {loss.item()}: lower train.lr or check the data")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if values is not None:
+        as_method(model).before_optimizer_step(values)
     optimizer.step()
-    return {k: float(v.detach()) for k, v in out.items()} | {"lr": lr}
+    if values is not None:
+        as_method(model).after_optimizer_step(values)
+    report = {k: float(v.detach()) for k, v in out.items()} | {"lr": lr}
+    if values is not None:
+        scheduled = {
+            "weight_decay": values.weight_decay,
+            "momentum": values.momentum,
+            "teacher_temp": values.teacher_temp,
+        }
+        report |= {k: v for k, v in scheduled.items() if v is not None}
+    return report
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterator[list[Tensor]],
+    optimizer: torch.optim.Optimizer,
+    plan: StepPlan,
+    state: TrainState,
+    *,
+    device: torch.device,
+    amp: bool = True,
+) -> tuple[dict[str, float], list[Tensor]]:
+    """``plan.steps_per_epoch`` steps of a method, each with its scheduled values and learning rate
+    at ``state.step`` (advanced in place).
+
+    Returns:
+        The mean over the epoch's steps of every scalar :func:`train_step` reported, and the last
+        batch (for label-free health probes).
+    """
+    method = as_method(model)
+    sums: dict[str, float] = {}
+    batch: list[Tensor] = []
+    for _ in range(plan.steps_per_epoch):
+        batch = next(batches)
+        out = train_step(
+            model,
+            batch,
+            optimizer,
+            lr=lr_at(plan, state.step),
+            device=device,
+            amp=amp,
+            values=method.step_values(state.step, plan),
+        )
+        state.step += 1
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v
+    return {k: v / plan.steps_per_epoch for k, v in sums.items()}, batch
 
 
 def save_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
-    """Write tensors with ``torch.save`` (loadable with ``weights_only=True``) and progress as JSON."""
+    """Write tensors with ``torch.save`` (loadable with ``weights_only=True``) and progress as JSON.
+
+    The method's whole ``state_dict`` is saved: EMA teachers, queues and centers included.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
-            "model": model.state_dict(),
+            "model": unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
         },
@@ -126,9 +205,10 @@ def save_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> TrainState:
-    """Restore what :func:`save_state` wrote; never unpickles arbitrary objects."""
+    """Restore what :func:`save_state` wrote into ``model`` (or the method it wraps); never
+    unpickles arbitrary objects."""
     blob = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(blob["model"])
+    unwrap(model).load_state_dict(blob["model"])
     if optimizer is not None:
         optimizer.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["torch_rng"])

@@ -19,21 +19,29 @@ from torchvision.transforms import v2
 from sslcore.config import AugmentConfig
 
 
-def view_transform(cfg: AugmentConfig, image_size: int) -> Callable[[Image.Image], Tensor]:
-    """One random view: PIL RGB image -> normalised float tensor (3, S, S)."""
+def view_transform(
+    cfg: AugmentConfig, image_size: int, *, crop_scale: tuple[float, float] | None = None
+) -> Callable[[Image.Image], Tensor]:
+    """One random view: PIL RGB image -> normalised float tensor (3, S, S).
+
+    Args:
+        cfg: The augmentations.
+        image_size: S, the output side.
+        crop_scale: Area range of the random crop; default ``cfg.crop_scale`` (multi-crop methods
+            pass their global and local ranges).
+    """
     steps: list[Callable[..., object]] = [
-        v2.RandomResizedCrop(image_size, scale=cfg.crop_scale, antialias=True),
+        v2.RandomResizedCrop(image_size, scale=crop_scale or cfg.crop_scale, antialias=True),
         v2.RandomHorizontalFlip(p=cfg.hflip_p),
-        v2.RandomApply(
-            [v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.color_jitter_p
-        ),
+        v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.color_jitter_p),
         v2.RandomGrayscale(p=cfg.grayscale_p),
     ]
     if cfg.blur_p > 0:
         kernel = max(3, (image_size // 10) | 1)
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=cfg.blur_p))
     steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)]
-    return v2.Compose(steps)
+    compose: Callable[[Image.Image], Tensor] = v2.Compose(steps)
+    return compose
 
 
 class MultiView:
@@ -45,6 +53,33 @@ class MultiView:
 
     def __call__(self, image: Image.Image) -> list[Tensor]:
         return [self.transform(image) for _ in range(self.n)]
+
+
+class MultiCrop:
+    """Views from several transforms, in order: ``counts[i]`` views from ``transforms[i]``.
+
+    DINO's multi-crop (Caron et al. 2020, https://arxiv.org/abs/2006.09882, sec. 3.2): two global
+    views then N smaller local views. The default collate batches each position separately, so
+    views of different sizes form a list of (B, 3, S_i, S_i) tensors.
+    """
+
+    def __init__(self, transforms: list[Callable[[Image.Image], Tensor]], counts: list[int]) -> None:
+        if len(transforms) != len(counts):
+            raise ValueError("one count per transform")
+        self.transforms = transforms
+        self.counts = counts
+
+    def __call__(self, image: Image.Image) -> list[Tensor]:
+        return [t(image) for t, n in zip(self.transforms, self.counts, strict=True) for _ in range(n)]
+
+
+def minimal_transform(
+    cfg: AugmentConfig, image_size: int, crop_scale: tuple[float, float]
+) -> Callable[[Image.Image], Tensor]:
+    """Masked-image-modelling view (MAE, BEiT): random resized crop and ``cfg.hflip_p`` flips only;
+    no colour changes."""
+    plain = cfg.model_copy(update={"color_jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0})
+    return view_transform(plain, image_size, crop_scale=crop_scale)
 
 
 def preprocess(

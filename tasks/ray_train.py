@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader
 from sslcore.config import PipelineConfig
 from sslcore.data.manifest import read_manifest
 from sslcore.data.stream import TrainStream, shard_urls
-from sslcore.methods import build_method
-from sslcore.train import TrainState, build_optimizer, load_state, lr_at, plan_steps, save_state, train_step
-from sslcore.transforms import MultiView, view_transform
+from sslcore.health import backbone_health, collapse_warning
+from sslcore.methods import as_method, build_method
+from sslcore.train import TrainState, build_optimizer, load_state, plan_steps, save_state, train_epoch
 
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -40,7 +40,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Runs on every Ray Train worker."""
     cfg = PipelineConfig.model_validate(loop_config["config"])
     folder = loop_config["shard_folder"]
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder, cfg.storage)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -57,14 +57,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             state = load_state(Path(d), method, optimizer)
         if rank == 0:
             print(f"resuming from epoch {state.epoch} (step {state.step}) of {cfg.train.epochs}")
-    model = ray.train.torch.prepare_model(method)
+    # Identical weights came from the shared seed; from here on each rank draws its own masks and
+    # crops, deterministically in (seed, epoch, rank) like the data stream below.
+    torch.manual_seed(cfg.train.seed + 7919 * state.epoch + 104729 * (rank + 1))
+    # The methods keep their own buffers identical across ranks (gathered queues, all-reduced
+    # centers), so DDP need not overwrite them with rank 0's before every forward.
+    model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs={"broadcast_buffers": False})
+    api = as_method(model)
 
     stream = TrainStream(
         shard_urls(manifest, folder, "train"),
-        MultiView(view_transform(cfg.augment, cfg.model.image_size), method.num_views),
+        api.view_transform(cfg.augment, cfg.model.image_size),
         rank=rank,
         world_size=world,
         seed=cfg.train.seed + 7919 * state.epoch,  # a resumed run does not replay its first epochs' data
+        storage=cfg.storage,
     )
     loader = DataLoader(
         stream,
@@ -77,22 +84,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     batches = iter(loader)
     for epoch in range(state.epoch, cfg.train.epochs):
         start = time.perf_counter()
-        sums: dict[str, float] = {}
-        for _ in range(plan.steps_per_epoch):
-            out = train_step(
-                model, next(batches), optimizer, lr=lr_at(plan, state.step), device=device, amp=cfg.train.amp
-            )
-            state.step += 1
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v
+        means, last_batch = train_epoch(model, batches, optimizer, plan, state, device=device, amp=cfg.train.amp)
         elapsed = time.perf_counter() - start
-        means = _mean_over_ranks({k: v / plan.steps_per_epoch for k, v in sums.items()})
+        # Label-free collapse guard: spread and effective rank of backbone features.
+        health = backbone_health(api.backbone, last_batch[0].to(device))
+        means = _mean_over_ranks(means | health)
+        warning = collapse_warning(means)
         metrics = {
             "epoch": float(epoch + 1),
             "step": float(state.step),
-            "loss": means["loss"],
-            "embedding_std": means.get("embedding_std", float("nan")),
-            "lr": means["lr"],
+            **means,
+            "collapse_warning": float(warning is not None),
             "images_per_s": plan.steps_per_epoch * cfg.train.batch_size / elapsed,
             "epoch_time_s": elapsed,
         }
@@ -101,15 +103,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                save_state(Path(tmp), getattr(model, "module", model), optimizer, state)
+                save_state(Path(tmp), model, optimizer, state)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
         if rank == 0:
             print(
                 f"epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['loss']:.4f}  "
-                f"{metrics['images_per_s']:.0f} img/s  lr {metrics['lr']:.2e}",
+                f"{metrics['images_per_s']:.0f} img/s  lr {metrics['lr']:.2e}  "
+                f"effective rank {metrics['health_effective_rank']:.1f}",
                 flush=True,
             )
+            if warning is not None:
+                print(f"WARNING epoch {epoch + 1}: {warning}", flush=True)
     return {"history": state.history, "steps": state.step}
 
 

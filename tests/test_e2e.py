@@ -52,9 +52,7 @@ def test_flow_and_every_task_run_completed(pipeline_run) -> None:
     async def read():
         async with get_client() as client:
             flow_run = await client.read_flow_run(summary.flow_run_id)
-            tasks = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
-            )
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
             return flow_run, tasks
 
     flow_run, task_runs = run_coro_as_sync(read())

@@ -35,7 +35,7 @@ def ntxent(
     Returns:
         The mean loss over the 2B local anchors, a scalar.
     """
-    if temperature <= 1e-8:
+    if not temperature > 1e-8:  # also rejects NaN
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if z0.shape != z1.shape or z0.dim() != 2:
         raise ValueError(f"z0 and z1 must both be (B, D), got {tuple(z0.shape)} and {tuple(z1.shape)}")

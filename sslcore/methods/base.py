@@ -1,11 +1,100 @@
-"""The method registry. A method is an ``nn.Module`` with a ``backbone`` attribute whose
-``forward(views)`` takes a list of augmented views, each (B, C, H, W), and returns a dict with
-``"loss"`` and detached scalars to log."""
+"""What every method provides, and the method registry.
+
+A method is an ``nn.Module`` (no other base class) registered with ``@METHODS.register(name)``. It
+has a ``backbone`` attribute (the timm model that is kept after pretraining) and the members of
+:class:`Method`. The training loop drives it:
+
+1. ``values = method.step_values(step, plan)``: every scheduled value, a pure function of the step;
+2. ``out = model(views, values)``: ``"loss"`` plus detached scalars (queue and center updates
+   happen here, in the method's own code, never inside a loss function);
+3. ``loss.backward()``, then ``method.before_optimizer_step(values)`` (last-layer freezing,
+   gradient clipping) and ``optimizer.step()``;
+4. ``method.after_optimizer_step(values)``: momentum (EMA) teacher updates.
+
+``views`` is what ``method.view_transform(augment, image_size)`` produced per image, batched: a list
+of (B, C, S_i, S_i) tensors.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from PIL import Image
+from torch import Tensor, nn
+
+from sslcore.config import AugmentConfig
 from sslcore.registry import Registry
+from sslcore.schedules import StepPlan
 
 METHODS: Registry[Any] = Registry("method")
+
+
+@dataclass(frozen=True)
+class StepValues:
+    """Scheduled values at one optimizer step, computed by the loop from the step alone.
+
+    Attributes:
+        step: Completed optimizer steps before this one.
+        epoch: The epoch this step belongs to (0-based).
+        weight_decay: Weight decay for the decaying parameter group; ``None`` keeps the optimizer's.
+        momentum: EMA momentum of the teacher / key encoder; ``None`` for methods without one.
+        teacher_temp: Teacher softmax temperature (DINO, DINOv2); ``None`` for other methods.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    weight_decay: float | None = None
+    momentum: float | None = None
+    teacher_temp: float | None = None
+
+
+def plain_values(step: int, plan: StepPlan) -> StepValues:
+    """Step and epoch only: for methods without schedules of their own."""
+    return StepValues(step=step, epoch=step // max(plan.steps_per_epoch, 1))
+
+
+@runtime_checkable
+class Method(Protocol):
+    """The members the training loop uses, besides ``forward(views, values=None)``."""
+
+    backbone: nn.Module
+    requires_vit: ClassVar[bool]
+
+    def __call__(self, views: list[Tensor], values: StepValues | None = None) -> dict[str, Tensor]: ...
+
+    def view_transform(self, augment: AugmentConfig, image_size: int) -> Callable[[Image.Image], list[Tensor]]:
+        """The per-image transform producing this method's views, in the order ``forward`` takes them."""
+        ...
+
+    def step_values(self, step: int, plan: StepPlan) -> StepValues:
+        """Every scheduled value at ``step``; pure."""
+        ...
+
+    def before_optimizer_step(self, values: StepValues) -> None:
+        """Edit gradients after backward (last-layer freezing, clipping)."""
+        ...
+
+    def after_optimizer_step(self, values: StepValues) -> None:
+        """Update momentum teachers after the optimizer step."""
+        ...
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The method inside a DDP wrapper (``model.module``), or ``model`` itself."""
+    inner = getattr(model, "module", model)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def as_method(model: nn.Module) -> Method:
+    """``model`` (or the method it wraps) as a :class:`Method`; ``TypeError`` if it is not one."""
+    method = unwrap(model)
+    if not isinstance(method, Method):
+        raise TypeError(f"{type(method).__name__} does not implement the Method protocol")
+    return method
+
+
+def check_views(name: str, views: list[Tensor], expected: int) -> None:
+    if len(views) != expected:
+        raise ValueError(f"{name} takes {expected} views, got {len(views)}")

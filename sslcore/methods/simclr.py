@@ -6,16 +6,22 @@ pulls each pair together and pushes it away from the other 2N - 2 views of the (
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ClassVar
+
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
 from sslcore import distributed
 from sslcore.backbones import feature_dim
-from sslcore.config import SimCLRConfig
+from sslcore.config import AugmentConfig, SimCLRConfig
+from sslcore.health import embedding_std
 from sslcore.losses import ntxent
-from sslcore.methods.base import METHODS
+from sslcore.methods.base import METHODS, StepValues, check_views, plain_values
 from sslcore.nn.heads import SimCLRProjectionHead
+from sslcore.schedules import StepPlan
+from sslcore.transforms import MultiView, view_transform
 
 
 @METHODS.register("simclr")
@@ -28,6 +34,7 @@ class SimCLR(nn.Module):
     """
 
     num_views = 2
+    requires_vit: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, cfg: SimCLRConfig) -> None:
         super().__init__()
@@ -37,10 +44,9 @@ class SimCLR(nn.Module):
             feature_dim(backbone), cfg.projection_hidden_dim, cfg.projection_dim
         )
 
-    def forward(self, views: list[Tensor]) -> dict[str, Tensor]:
-        """Loss of two views ``[x0, x1]``, each (B, C, H, W)."""
-        if len(views) != self.num_views:
-            raise ValueError(f"SimCLR takes {self.num_views} views, got {len(views)}")
+    def forward(self, views: list[Tensor], values: StepValues | None = None) -> dict[str, Tensor]:
+        """Loss of two views ``[x0, x1]``, each (B, C, H, W); SimCLR has no scheduled values."""
+        check_views("SimCLR", views, self.num_views)
         x = torch.cat(views, dim=0)  # one backbone pass over both views keeps BN statistics joint
         z0, z1 = self.projection_head(self.backbone(x)).chunk(2, dim=0)
         z0_all = z1_all = None
@@ -51,8 +57,14 @@ class SimCLR(nn.Module):
         loss = ntxent(z0, z1, temperature=self.cfg.temperature, z0_all=z0_all, z1_all=z1_all, offset=offset)
         return {"loss": loss, "embedding_std": embedding_std(z0.detach())}
 
+    def view_transform(self, augment: AugmentConfig, image_size: int) -> Callable[[Image.Image], list[Tensor]]:
+        return MultiView(view_transform(augment, image_size), self.num_views)
 
-def embedding_std(z: Tensor) -> Tensor:
-    """Mean per-dimension std of L2-normalised embeddings (B, D): ~1/sqrt(D) when healthy, 0 when
-    collapsed (Chen & He 2021, SimSiam sec. 4.1)."""
-    return F.normalize(z, dim=1).std(dim=0).mean()
+    def step_values(self, step: int, plan: StepPlan) -> StepValues:
+        return plain_values(step, plan)
+
+    def before_optimizer_step(self, values: StepValues) -> None:
+        """Nothing to do: no frozen layers, no clipping."""
+
+    def after_optimizer_step(self, values: StepValues) -> None:
+        """Nothing to do: no teacher."""

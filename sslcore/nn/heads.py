@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 Block = tuple[int, int, nn.Module | None, nn.Module | None]
@@ -30,7 +32,8 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Project features (B, in_dim) to (B, out_dim)."""
-        return self.layers(x)
+        out: Tensor = self.layers(x)
+        return out
 
 
 class SimCLRProjectionHead(ProjectionHead):
@@ -43,3 +46,110 @@ class SimCLRProjectionHead(ProjectionHead):
                 (hidden_dim, output_dim, None, None),
             ]
         )
+
+
+class MoCoV2ProjectionHead(ProjectionHead):
+    """MoCo v2's MLP head, https://arxiv.org/abs/2003.04297 (sec. 2): Linear-ReLU-Linear, no BN."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
+        super().__init__([(input_dim, hidden_dim, None, nn.ReLU(inplace=True)), (hidden_dim, output_dim, None, None)])
+
+
+class BYOLProjectionHead(ProjectionHead):
+    """BYOL's projector and predictor, https://arxiv.org/abs/2006.07733 (sec. 3.3):
+    "a linear layer with output size 4096 followed by batch normalization, rectified linear units
+    (ReLU), and a final linear layer with output dimension 256"."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
+        super().__init__(
+            [
+                (input_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)),
+                (hidden_dim, output_dim, None, None),
+            ]
+        )
+
+
+class MoCoV3Head(ProjectionHead):
+    """MoCo v3's projector and predictor, https://arxiv.org/abs/2104.02057 (sec. 4 and the
+    reference ``_build_mlp``): ``num_layers`` Linear layers, BN + ReLU after all but the last, and
+    an affine-free BN after the last one when ``last_bn``.
+
+    The reference uses 3 projector layers for ViTs and 2 for ResNets; its predictor has 2 layers,
+    with the last BN for ViTs and without it for ResNets.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, last_bn: bool) -> None:
+        if num_layers < 2:
+            raise ValueError(f"num_layers must be >= 2, got {num_layers}")
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        blocks: list[Block] = [
+            (dims[i], dims[i + 1], nn.BatchNorm1d(dims[i + 1]), nn.ReLU(inplace=True)) for i in range(num_layers - 1)
+        ]
+        blocks.append((dims[-2], dims[-1], nn.BatchNorm1d(output_dim, affine=False) if last_bn else None, None))
+        super().__init__(blocks)
+
+
+class WeightNormLinear(nn.Module):
+    """A bias-free linear layer with weight normalisation ``W = g * V / ||V||`` per output row
+    (Salimans & Kingma 2016), as DINO's last layer.
+
+    Attributes:
+        weight_v: (out, in) direction parameters.
+        weight_g: (out, 1) row norms, initialised to 1; frozen when ``learn_norm`` is false (DINO's
+            ``norm_last_layer``).
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, *, learn_norm: bool) -> None:
+        super().__init__()
+        self.weight_v = nn.Parameter(torch.empty(output_dim, input_dim))
+        nn.init.trunc_normal_(self.weight_v, std=0.02)
+        self.weight_g = nn.Parameter(torch.ones(output_dim, 1), requires_grad=learn_norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, in) -> (B, out)."""
+        return F.linear(x, self.weight_g * F.normalize(self.weight_v, dim=1))
+
+
+class DINOProjectionHead(nn.Module):
+    """DINO's head, https://arxiv.org/abs/2104.14294 (sec. 3.1 and appendix): an MLP (GELU,
+    optional BN) down to a bottleneck, L2 normalisation, then a weight-normalised linear layer
+    onto K prototypes. iBOT and DINOv2 use the same head for patch tokens.
+
+    Attributes:
+        mlp: ``num_layers`` linear layers from ``input_dim`` to ``bottleneck_dim``.
+        last_layer: :class:`WeightNormLinear` ``bottleneck_dim -> output_dim``; the method cancels
+            its gradients during the first epoch(s) (DINO's ``freeze_last_layer``).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        output_dim: int,
+        *,
+        num_layers: int = 3,
+        batch_norm: bool = False,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
+        blocks: list[Block] = [
+            (dims[i], dims[i + 1], nn.BatchNorm1d(dims[i + 1]) if batch_norm else None, nn.GELU())
+            for i in range(num_layers - 1)
+        ]
+        blocks.append((dims[-2], dims[-1], None, None))
+        self.mlp = ProjectionHead(blocks)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.last_layer = WeightNormLinear(bottleneck_dim, output_dim, learn_norm=not norm_last_layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features (B, input_dim) -> prototype logits (B, output_dim)."""
+        out: Tensor = self.last_layer(F.normalize(self.mlp(x), dim=-1))
+        return out

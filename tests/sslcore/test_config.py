@@ -142,11 +142,6 @@ def test_malformed_overrides(overrides: list[str], message: str) -> None:
         load_config(None, overrides)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: --set values are parsed as YAML, so a numeric-looking value (2024) becomes an int "
-    "and str fields reject it ('Input should be a valid string')",
-)
 def test_numeric_looking_value_for_a_string_key() -> None:
     cfg = load_config(None, ["mlflow.experiment=2024"])
     assert cfg.mlflow.experiment == "2024"

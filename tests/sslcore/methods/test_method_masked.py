@@ -4,6 +4,7 @@ teacher's targets; the ViT token helpers they are built on."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 import timm
@@ -16,6 +17,15 @@ from sslcore.nn.masking import block_mask, block_masks, random_masking
 from sslcore.nn.vit import embed_patches, features, forward_tokens, patch_tokens, pooled
 
 TINY = ["model.backbone=test_vit", "model.image_size=16", "model.patch_size=4"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest, and steadiest on a shared CPU, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(("patches", "ratio"), [(16, 0.75), (196, 0.75), (49, 0.5), (10, 0.0), (7, 0.9)])

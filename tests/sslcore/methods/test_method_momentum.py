@@ -3,6 +3,8 @@ moved by exactly ``m * teacher + (1 - m) * student`` after the optimizer step; M
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -46,6 +48,15 @@ PAIRS = {
     ),
     "beit": (["backbone"], ["teacher_backbone"], ["method.target_layers=2"]),
 }
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest, and steadiest on a shared CPU, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _views(model: nn.Module, batch: int = 4) -> list[torch.Tensor]:
