@@ -41,7 +41,8 @@ def _alias(client: MlflowClient, alias: str) -> str:
 
 
 def test_register_is_idempotent_and_loadable_from_a_fresh_process(mlflow_server, tmp_path) -> None:
-    cfg = config(tmp_path / "work")
+    secret = "sentinel/SECRET+value/0123456789"
+    cfg = config(tmp_path / "work", f"storage.secret_access_key={secret}", "storage.access_key_id=AKIASENTINELKEY")
     evaluation = training_run(cfg, "run-a", knn=0.8)
     first = register.fn(cfg, evaluation)
     again = register.fn(cfg, evaluation)  # a retry, or a re-run of the stage
@@ -54,6 +55,15 @@ def test_register_is_idempotent_and_loadable_from_a_fresh_process(mlflow_server,
     assert version.aliases == ["candidate"]
     assert version.tags["sslpipe.ray_run_name"] == "run-a" and "knn_k20_top1 = 0.8000" in version.description
     assert {a.path for a in client.list_artifacts(first.run_id)} >= {"model_card.md", "config.json", "timm", "data"}
+    run = client.get_run(first.run_id)
+    exposed = [*run.data.params.values(), *run.data.tags.values(), *version.tags.values(), version.description]
+    exposed += [
+        (tmp_path / "dl" / name).read_text()
+        for name in ("model_card.md", "config.json")
+        if client.download_artifacts(first.run_id, name, str((tmp_path / "dl").mkdir(exist_ok=True) or tmp_path / "dl"))
+    ]
+    assert run.data.params["storage.secret_access_key"] == "**********"
+    assert not [text for text in exposed if secret in text or "AKIASENTINELKEY" in text]
 
     code = (
         "import mlflow, numpy as np, sys\n"
