@@ -22,7 +22,7 @@ from sslcore.backbones import feature_dim
 from sslcore.config import AugmentConfig
 from sslcore.gradients import cancel_gradients_, clip_per_parameter_
 from sslcore.losses import dino_loss
-from sslcore.method_config import DINOConfig
+from sslcore.method_config import DINOConfig, DINOv2Config
 from sslcore.methods.base import METHODS, StepValues, plain_values
 from sslcore.momentum import momentum_copy, update_momentum
 from sslcore.nn.centering import Center, centered_softmax
@@ -50,6 +50,33 @@ def multi_crop(
             view_transform(augment, local_size, crop_scale=local_scale),
         ],
         [NUM_GLOBAL_CROPS, num_local],
+    )
+
+
+def distillation_views(
+    cfg: DINOConfig | DINOv2Config, augment: AugmentConfig, image_size: int
+) -> Callable[[Image.Image], list[Tensor]]:
+    """2 global + ``cfg.num_local_crops`` local crops, as DINO and DINOv2 take them."""
+    return multi_crop(
+        augment,
+        image_size,
+        num_local=cfg.num_local_crops,
+        local_size=cfg.local_crop_size,
+        global_scale=cfg.global_crop_scale,
+        local_scale=cfg.local_crop_scale,
+    )
+
+
+def distillation_values(cfg: DINOConfig | DINOv2Config, step: int, plan: StepPlan) -> StepValues:
+    """Weight decay, teacher EMA momentum and teacher temperature at ``step`` (DINO and DINOv2)."""
+    return StepValues(
+        step=step,
+        epoch=plain_values(step, plan).epoch,
+        weight_decay=weight_decay_schedule(step, plan, cfg.weight_decay_end),
+        momentum=momentum_schedule(step, plan, cfg.momentum_start, cfg.momentum_end),
+        teacher_temp=teacher_temperature(
+            step, plan, cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs
+        ),
     )
 
 
@@ -118,26 +145,10 @@ class DINO(nn.Module):
         return {"loss": loss, "teacher_entropy": entropy.detach()}
 
     def view_transform(self, augment: AugmentConfig, image_size: int) -> Callable[[Image.Image], list[Tensor]]:
-        return multi_crop(
-            augment,
-            image_size,
-            num_local=self.cfg.num_local_crops,
-            local_size=self.cfg.local_crop_size,
-            global_scale=self.cfg.global_crop_scale,
-            local_scale=self.cfg.local_crop_scale,
-        )
+        return distillation_views(self.cfg, augment, image_size)
 
     def step_values(self, step: int, plan: StepPlan) -> StepValues:
-        cfg = self.cfg
-        return StepValues(
-            step=step,
-            epoch=plain_values(step, plan).epoch,
-            weight_decay=weight_decay_schedule(step, plan, cfg.weight_decay_end),
-            momentum=momentum_schedule(step, plan, cfg.momentum_start, cfg.momentum_end),
-            teacher_temp=teacher_temperature(
-                step, plan, cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs
-            ),
-        )
+        return distillation_values(self.cfg, step, plan)
 
     def before_optimizer_step(self, values: StepValues) -> None:
         """Clip each student gradient; drop the last layer's during the first epoch(s)."""

@@ -28,14 +28,14 @@ from sslcore.config import AugmentConfig
 from sslcore.gradients import cancel_gradients_, clip_total_norm_
 from sslcore.losses import dino_loss, ibot_loss, koleo_loss
 from sslcore.method_config import DINOv2Config
-from sslcore.methods.base import METHODS, StepValues, plain_values
-from sslcore.methods.dino import NUM_GLOBAL_CROPS, check_local_crop_size, multi_crop
+from sslcore.methods.base import METHODS, StepValues
+from sslcore.methods.dino import NUM_GLOBAL_CROPS, check_local_crop_size, distillation_values, distillation_views
 from sslcore.momentum import momentum_copy, update_momentum
 from sslcore.nn.centering import Center, centered_softmax, sinkhorn_knopp
 from sslcore.nn.heads import DINOProjectionHead
 from sslcore.nn.masking import block_masks
 from sslcore.nn.vit import features, forward_tokens, patch_grid, patch_tokens, pooled, require_vit
-from sslcore.schedules import StepPlan, momentum_schedule, teacher_temperature, weight_decay_schedule
+from sslcore.schedules import StepPlan
 
 
 @METHODS.register("dinov2")
@@ -140,26 +140,10 @@ class DINOv2(nn.Module):
         }
 
     def view_transform(self, augment: AugmentConfig, image_size: int) -> Callable[[Image.Image], list[Tensor]]:
-        return multi_crop(
-            augment,
-            image_size,
-            num_local=self.cfg.num_local_crops,
-            local_size=self.cfg.local_crop_size,
-            global_scale=self.cfg.global_crop_scale,
-            local_scale=self.cfg.local_crop_scale,
-        )
+        return distillation_views(self.cfg, augment, image_size)
 
     def step_values(self, step: int, plan: StepPlan) -> StepValues:
-        cfg = self.cfg
-        return StepValues(
-            step=step,
-            epoch=plain_values(step, plan).epoch,
-            weight_decay=weight_decay_schedule(step, plan, cfg.weight_decay_end),
-            momentum=momentum_schedule(step, plan, cfg.momentum_start, cfg.momentum_end),
-            teacher_temp=teacher_temperature(
-                step, plan, cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs
-            ),
-        )
+        return distillation_values(self.cfg, step, plan)
 
     def before_optimizer_step(self, values: StepValues) -> None:
         """Clip the gradient norm of each student module; drop the heads' last layers' gradients
