@@ -230,7 +230,6 @@ class _Run:
         self.fingerprint, self.source_fingerprint = fingerprint, source_fingerprint
         self.progress = progress
         self.label_names = source.label_names()
-        self.label_index = {name: i for i, name in enumerate(self.label_names or ())}
         self.use_source_split = cfg.split == "auto" and source.provides_split
         self.events: list[dict[str, Any]] = []  # since the last journal entry
         self.new_events: list[dict[str, Any]] = []  # all of this run's

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from sslcore.config import AugmentConfig
 from sslcore.registry import Registry
-from sslcore.schedules import StepPlan
+from sslcore.schedules import StepPlan, momentum_schedule
 
 METHODS: Registry[Any] = Registry("method")
 
@@ -53,6 +53,13 @@ class StepValues:
 def plain_values(step: int, plan: StepPlan) -> StepValues:
     """Step and epoch only: for methods without schedules of their own."""
     return StepValues(step=step, epoch=step // max(plan.steps_per_epoch, 1))
+
+
+def momentum_values(step: int, plan: StepPlan, start: float, end: float) -> StepValues:
+    """Step, epoch and the EMA momentum (cosine from ``start`` to ``end``): the momentum-encoder methods."""
+    return StepValues(
+        step=step, epoch=plain_values(step, plan).epoch, momentum=momentum_schedule(step, plan, start, end)
+    )
 
 
 @runtime_checkable

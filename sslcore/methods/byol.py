@@ -19,10 +19,10 @@ from sslcore.backbones import feature_dim
 from sslcore.config import AugmentConfig
 from sslcore.losses import byol_loss
 from sslcore.method_config import BYOLConfig
-from sslcore.methods.base import METHODS, StepValues, check_views, plain_values
+from sslcore.methods.base import METHODS, StepValues, check_views, momentum_values
 from sslcore.momentum import momentum_copy, update_momentum
 from sslcore.nn.heads import BYOLProjectionHead
-from sslcore.schedules import StepPlan, momentum_schedule
+from sslcore.schedules import StepPlan
 from sslcore.transforms import MultiView, view_transform
 
 
@@ -64,8 +64,7 @@ class BYOL(nn.Module):
         return MultiView(view_transform(augment, image_size), self.num_views)
 
     def step_values(self, step: int, plan: StepPlan) -> StepValues:
-        momentum = momentum_schedule(step, plan, self.cfg.momentum_start, self.cfg.momentum_end)
-        return StepValues(step=step, epoch=plain_values(step, plan).epoch, momentum=momentum)
+        return momentum_values(step, plan, self.cfg.momentum_start, self.cfg.momentum_end)
 
     def before_optimizer_step(self, values: StepValues) -> None:
         """Nothing to do: no frozen layers, no clipping."""

@@ -20,11 +20,11 @@ from sslcore.backbones import feature_dim
 from sslcore.config import AugmentConfig
 from sslcore.losses import infonce_in_batch
 from sslcore.method_config import MoCoV3Config
-from sslcore.methods.base import METHODS, StepValues, check_views, plain_values
+from sslcore.methods.base import METHODS, StepValues, check_views, momentum_values
 from sslcore.momentum import momentum_copy, update_momentum
 from sslcore.nn.heads import MoCoV3Head
 from sslcore.nn.vit import is_vit
-from sslcore.schedules import StepPlan, momentum_schedule
+from sslcore.schedules import StepPlan
 from sslcore.transforms import MultiView, view_transform
 
 
@@ -88,8 +88,7 @@ class MoCoV3(nn.Module):
         return MultiView(view_transform(augment, image_size), self.num_views)
 
     def step_values(self, step: int, plan: StepPlan) -> StepValues:
-        momentum = momentum_schedule(step, plan, self.cfg.momentum_start, self.cfg.momentum_end)
-        return StepValues(step=step, epoch=plain_values(step, plan).epoch, momentum=momentum)
+        return momentum_values(step, plan, self.cfg.momentum_start, self.cfg.momentum_end)
 
     def before_optimizer_step(self, values: StepValues) -> None:
         """Nothing to do: no frozen layers, no clipping."""
