@@ -179,6 +179,11 @@ class AugmentConfig(StrictModel):
     hue: float = Field(0.1, ge=0.0, le=0.5)
     grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
     blur_p: float = Field(0.0, ge=0.0, le=1.0)
+    on_device: bool = Field(
+        False,
+        description="Run the per-sample augmentations batched on the training device (for GPUs); "
+        "loader processes then only decode and resize.",
+    )
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -204,11 +209,24 @@ class TrainConfig(StrictModel):
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
     loader_workers: NonNegativeInt = Field(1, description="DataLoader processes per Ray worker.")
     amp: bool = Field(True, description="bf16 autocast when a CUDA device is used.")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA (faster convolutions).")
+    compile: bool = Field(False, description="torch.compile the method (slow first steps, faster after).")
+    checkpoint_every_steps: PositiveInt | None = Field(
+        None, description="Also checkpoint every N optimizer steps; default only at the end of each epoch."
+    )
+    max_corrupt_samples: NonNegativeInt = Field(
+        100, description="Unreadable samples met while streaming are skipped; above this many the run fails."
+    )
     seed: int = 0
 
 
 class RayConfig(StrictModel):
     address: str | None = Field(None, description="Existing cluster; default $RAY_ADDRESS or a local Ray.")
+    storage_path: str | None = Field(
+        None,
+        description="Ray Train checkpoints and results: a local folder or s3://bucket/prefix; default "
+        "<work_dir>/ray_results. A multi-node cluster needs a path every node can reach (s3://).",
+    )
     num_workers: PositiveInt = 2
     cpus_per_worker: PositiveInt = 1
     use_gpu: bool = False

@@ -59,3 +59,12 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     out = x.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / dist.get_world_size()
+
+
+def sum_over_ranks(value: int) -> int:
+    """An integer summed over all ranks (a collective); ``value`` itself outside DDP."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t.item())

@@ -7,6 +7,7 @@ state.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -16,9 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sslcore.config import PipelineConfig, TrainConfig
+from sslcore.config import PipelineConfig, StorageConfig, TrainConfig
 from sslcore.methods import StepValues, as_method, check_method_backbone, unwrap
 from sslcore.schedules import StepPlan, scaled_lr, warmup_cosine
+from sslcore.storage import filesystem, is_remote
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -31,6 +33,11 @@ class TrainState:
     epoch: int = 0  # completed epochs
     step: int = 0  # completed optimizer steps
     history: list[dict[str, float]] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=dict)  # the current epoch's step scalars so far
+    corrupt_samples: int = 0  # unreadable samples skipped, all ranks together
+    resumed_from: list[int] = field(default_factory=list)  # the step of every resume
+    workers: list[dict[str, Any]] = field(default_factory=list)  # where each rank ran
+    startup: dict[str, float] = field(default_factory=dict)  # fixed costs of the latest (re)start
 
 
 def plan_steps(cfg: PipelineConfig, train_samples: int) -> StepPlan:
@@ -82,9 +89,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         {"params": decay, "weight_decay": cfg.weight_decay, "decay": True},
         {"params": no_decay, "weight_decay": 0.0, "decay": False},
     ]
+    fused = all(p.is_cuda for p in decay + no_decay) and bool(decay + no_decay)  # one kernel for all params
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
@@ -150,28 +158,41 @@ def train_step(
     return report
 
 
-def train_epoch(
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The RNG seed of one rank's step: masks, drop paths and noise depend only on the position, so
+    a run resumed from a checkpoint draws what the uninterrupted run would have drawn."""
+    return (seed * 1_000_003 + rank * 10_007 + step) % (2**63)
+
+
+def run_steps(
     model: nn.Module,
     batches: Iterator[list[Tensor]],
     optimizer: torch.optim.Optimizer,
     plan: StepPlan,
     state: TrainState,
     *,
+    stop: int,
     device: torch.device,
     amp: bool = True,
-) -> tuple[dict[str, float], list[Tensor]]:
-    """``plan.steps_per_epoch`` steps of a method, each with its scheduled values and learning rate
-    at ``state.step`` (advanced in place).
+    seed: int | None = None,
+    rank: int = 0,
+) -> list[Tensor]:
+    """Optimizer steps from ``state.step`` up to ``stop``, each with its scheduled values and
+    learning rate; ``state.step`` advances and every scalar is added to ``state.sums``.
+
+    Args:
+        seed: When given, the torch RNG is reseeded before every step with
+            :func:`step_seed` ``(seed, rank, step)``.
 
     Returns:
-        The mean over the epoch's steps of every scalar :func:`train_step` reported, and the last
-        batch (for label-free health probes).
+        The last batch (for label-free health probes).
     """
     method = as_method(model)
-    sums: dict[str, float] = {}
     batch: list[Tensor] = []
-    for _ in range(plan.steps_per_epoch):
+    while state.step < stop:
         batch = next(batches)
+        if seed is not None:
+            torch.manual_seed(step_seed(seed, rank, state.step))
         out = train_step(
             model,
             batch,
@@ -182,9 +203,40 @@ def train_epoch(
             values=method.step_values(state.step, plan),
         )
         state.step += 1
+        state.sums["steps"] = state.sums.get("steps", 0.0) + 1.0
         for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + v
-    return {k: v / plan.steps_per_epoch for k, v in sums.items()}, batch
+            state.sums[k] = state.sums.get(k, 0.0) + v
+    return batch
+
+
+def pop_means(state: TrainState) -> dict[str, float]:
+    """The mean of every scalar since the last call (the current epoch); resets the sums."""
+    steps = state.sums.pop("steps", 0.0)
+    means = {k: v / steps for k, v in state.sums.items()} if steps else {}
+    state.sums = {}
+    return means
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterator[list[Tensor]],
+    optimizer: torch.optim.Optimizer,
+    plan: StepPlan,
+    state: TrainState,
+    *,
+    device: torch.device,
+    amp: bool = True,
+) -> tuple[dict[str, float], list[Tensor]]:
+    """``plan.steps_per_epoch`` steps (see :func:`run_steps`).
+
+    Returns:
+        The mean over the epoch's steps of every scalar :func:`train_step` reported, and the last
+        batch (for label-free health probes).
+    """
+    last = run_steps(
+        model, batches, optimizer, plan, state, stop=state.step + plan.steps_per_epoch, device=device, amp=amp
+    )
+    return pop_means(state), last
 
 
 def save_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
@@ -212,16 +264,24 @@ def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
     if optimizer is not None:
         optimizer.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["torch_rng"])
-    meta = json.loads((folder / META_FILE).read_text())
-    return TrainState(**meta)
+    return read_meta(folder)
 
 
-def backbone_state_dict(folder: Path) -> dict[str, Tensor]:
-    """The backbone's weights from a checkpoint folder, with timm's own key names."""
-    blob = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+def backbone_state_dict(location: str | Path, storage: StorageConfig | None = None) -> dict[str, Tensor]:
+    """The backbone's weights from a checkpoint folder (local, or an ``s3://`` URL), with timm's
+    own key names."""
+    if isinstance(location, str) and is_remote(location):
+        fs, path = filesystem(location, storage)
+        blob = torch.load(
+            io.BytesIO(fs.cat_file(f"{path.rstrip('/')}/{STATE_FILE}")), map_location="cpu", weights_only=True
+        )
+    else:
+        blob = torch.load(Path(location) / STATE_FILE, map_location="cpu", weights_only=True)
     prefix = "backbone."
     return {k[len(prefix) :]: v for k, v in blob["model"].items() if k.startswith(prefix)}
 
 
 def read_meta(folder: Path) -> TrainState:
-    return TrainState(**json.loads((folder / META_FILE).read_text()))
+    meta = json.loads((folder / META_FILE).read_text())
+    known = set(TrainState.__dataclass_fields__)
+    return TrainState(**{k: v for k, v in meta.items() if k in known})

@@ -6,7 +6,10 @@ Shards are opened through fsspec, so local paths and ``s3://`` URLs (s3fs) read 
 
 from __future__ import annotations
 
+import logging
 import random
+import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +17,17 @@ from typing import Any
 import fsspec
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset import tariterators
 
 from sslcore.config import StorageConfig
 from sslcore.data.images import decode_rgb
 from sslcore.data.manifest import Manifest
+from sslcore.distributed import sum_over_ranks
 from sslcore.storage import storage_options
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -50,14 +57,50 @@ def assign(items: int, slot: int, slots: int) -> list[int]:
     return list(range(slot, items, slots))
 
 
-class TrainStream(IterableDataset[list[torch.Tensor]]):
-    """Endless stream of augmented multi-view samples for one DDP rank.
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (SplitMix64-style), so nearby inputs give unrelated streams."""
+    x = 0x9E3779B97F4A7C15
+    for part in parts:
+        x = (x ^ (part & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return x >> 1
 
-    Shards are reshuffled each pass with ``seed + pass``; rank ``r`` of ``W`` and loader worker
-    ``w`` of ``K`` read shards ``r*K + w`` modulo ``W*K`` of the shuffled list. When there are
-    fewer shards than ``W*K`` readers, every reader scans all shards and keeps every ``W*K``-th
-    sample instead, so the parts stay disjoint and complete. The stream never ends, so every
-    rank can take exactly the same number of steps regardless of how samples fall into shards.
+
+# What a broken image member raises while decoding (PIL raises SyntaxError for some bad PNGs).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, KeyError, Image.DecompressionBombError)
+# What a broken or truncated tar raises while it is being read.
+SHARD_ERRORS = (OSError, ValueError, EOFError, tarfile.TarError)
+
+
+def batches_before(start_batch: int, role: int, workers: int) -> int:
+    """How many of the first ``start_batch`` batches DataLoader worker ``role`` produced: the
+    DataLoader takes batches from its workers strictly in turn (batch ``i`` from worker ``i % K``)."""
+    return len(range(role, start_batch, workers))
+
+
+class TrainStream(IterableDataset[tuple[list[torch.Tensor], int]]):
+    """Endless stream of augmented multi-view samples for one DDP rank, resumable at any step.
+
+    **Partition.** Shards are reshuffled each pass with ``seed + pass``; rank ``r`` of ``W`` and
+    loader worker ``w`` of ``K`` read shards ``r*K + w`` modulo ``W*K`` of the shuffled list. When
+    there are fewer shards than ``W*K`` readers, every reader scans all shards and keeps every
+    ``W*K``-th sample instead, so the parts stay disjoint and complete. Each reader shuffles its
+    part of a pass through a buffer of ``shuffle_buffer`` samples.
+
+    **Equal steps.** The stream never ends, so every rank takes exactly the same number of steps
+    however samples fall into shards; an epoch is a number of samples (``sslcore.train.plan_steps``).
+
+    **Position.** Everything random is a function of the position: the pass order of ``(seed,
+    pass)``, the buffer of ``(seed, reader, pass)``, each sample's augmentation of ``(seed, reader,
+    index)``. A stream built with ``start_batch=n`` therefore yields exactly what the ``n+1``-th
+    and later batches of a fresh stream would have held: a resumed run sees the same data as an
+    uninterrupted one. Whole passes are skipped by arithmetic on ``sizes`` (the manifest's sample
+    count per shard); within a pass the skipped samples are read but not decoded. Exact for the
+    same ``W``, ``K`` and ``batch_size``, and as long as no sample before the position was corrupt.
+
+    **Corrupt samples.** A member that fails to decode, or a shard that fails to read, is skipped
+    with a warning. Each item is ``(views, skipped)``, where ``skipped`` counts what this reader
+    dropped since its previous item; the training loop sums them and enforces a bound.
     """
 
     def __init__(
@@ -70,51 +113,172 @@ class TrainStream(IterableDataset[list[torch.Tensor]]):
         seed: int,
         shuffle_buffer: int = 512,
         storage: StorageConfig | None = None,
+        sizes: list[int] | None = None,
+        start_batch: int = 0,
+        batch_size: int = 1,
     ) -> None:
         super().__init__()
         if not urls:
             raise ValueError("no shards to stream")
+        if sizes is not None and len(sizes) != len(urls):
+            raise ValueError(f"{len(sizes)} shard sizes for {len(urls)} shards")
         self.urls = list(urls)
         self.transform = transform
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
-        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_buffer = max(1, shuffle_buffer)
         self.storage = storage
+        self.sizes = sizes
+        self.start_batch = start_batch
+        self.batch_size = batch_size
 
-    def reader_slot(self) -> tuple[int, int]:
+    def _role(self) -> tuple[int, int, int]:
+        """``(slot, slots, samples already consumed)`` of this reader.
+
+        A resumed DataLoader hands its first batch to worker 0, but batch ``start_batch`` came from
+        worker ``start_batch % K`` in the run being resumed: worker ``w`` takes over that run's
+        worker ``(start_batch + w) % K``, and with it that worker's slot and position.
+        """
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
+        role = (self.start_batch + worker) % workers
+        consumed = batches_before(self.start_batch, role, workers) * self.batch_size
+        return self.rank * workers + role, self.world_size * workers, consumed
 
-    def _pass(self, epoch: int) -> Iterator[dict[str, Any]]:
-        slot, slots = self.reader_slot()
-        order = list(self.urls)
+    def reader_slot(self) -> tuple[int, int]:
+        slot, slots, _ = self._role()
+        return slot, slots
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.urls)))
         random.Random(self.seed + epoch).shuffle(order)  # same order on every reader
-        if len(order) >= slots:
-            yield from iter_tar_samples([order[i] for i in assign(len(order), slot, slots)], self.storage)
-        else:
-            for i, sample in enumerate(iter_tar_samples(order, self.storage)):
-                if i % slots == slot:
-                    yield sample
+        return order
 
-    def __iter__(self) -> Iterator[list[torch.Tensor]]:
-        slot, _ = self.reader_slot()
-        rng = random.Random(self.seed * 1_000_003 + slot)
-        buffer: list[dict[str, Any]] = []  # one shuffle buffer across passes: the stream is continuous
-        epoch = 0
+    def pass_length(self, slot: int, slots: int, epoch: int) -> int | None:
+        """Samples reader ``slot`` gets in pass ``epoch``, from ``sizes``; None without them."""
+        if self.sizes is None:
+            return None
+        order = self._order(epoch)
+        if len(order) >= slots:
+            return sum(self.sizes[order[i]] for i in assign(len(order), slot, slots))
+        return len(range(slot, sum(self.sizes), slots))
+
+    def _pass(self, epoch: int, slot: int | None = None, slots: int | None = None) -> Iterator[dict[str, Any]]:
+        """Reader ``slot``'s samples of one pass in shard order; unreadable shards are skipped."""
+        if slot is None or slots is None:
+            slot, slots = self.reader_slot()
+        order = [self.urls[i] for i in self._order(epoch)]
+        if len(order) >= slots:
+            mine, keep = [order[i] for i in assign(len(order), slot, slots)], None
+        else:
+            mine, keep = order, slot
+        i = 0
+        for url in mine:
+            try:
+                for sample in iter_tar_samples([url], self.storage):
+                    if keep is None or i % slots == keep:
+                        yield sample
+                    i += 1
+            except SHARD_ERRORS as exc:
+                log.warning("skipping the rest of shard %s: %s: %s", url, type(exc).__name__, exc)
+                yield {"__key__": f"{url}#unreadable", "__error__": f"{type(exc).__name__}: {exc}"}
+
+    def _shuffled_pass(self, epoch: int, slot: int, slots: int) -> Iterator[dict[str, Any]]:
+        rng = random.Random(mix_seed(self.seed, slot, epoch))
+        buffer: list[dict[str, Any]] = []
+        for sample in self._pass(epoch, slot, slots):
+            buffer.append(sample)
+            if len(buffer) >= self.shuffle_buffer:
+                i = rng.randrange(len(buffer))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                yield buffer.pop()
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], int]]:
+        slot, slots, skip = self._role()
+        index, epoch = 0, 0
+        while skip > 0:  # whole passes, without reading them
+            length = self.pass_length(slot, slots, epoch)
+            if length is None or length > skip or length == 0:
+                break
+            skip, index, epoch = skip - length, index + length, epoch + 1
+        skipped = warned = 0
         while True:
             seen = 0
-            for sample in self._pass(epoch):
+            for sample in self._shuffled_pass(epoch, slot, slots):
                 seen += 1
-                buffer.append(sample)
-                if len(buffer) >= self.shuffle_buffer:
-                    i = rng.randrange(len(buffer))
-                    buffer[i], buffer[-1] = buffer[-1], buffer[i]
-                    yield self.transform(decode_rgb(_image_bytes(buffer.pop())))
+                index += 1
+                if skip > 0:
+                    skip -= 1
+                    continue
+                try:
+                    if "__error__" in sample:
+                        raise OSError(sample["__error__"])
+                    image = decode_rgb(_image_bytes(sample))
+                except DECODE_ERRORS as exc:
+                    skipped += 1
+                    if warned < 10:
+                        warned += 1
+                        log.warning("skipping sample %s: %s: %s", sample.get("__key__"), type(exc).__name__, exc)
+                    continue
+                torch.manual_seed(mix_seed(self.seed, slot, index))
+                yield self.transform(image), skipped
+                skipped = 0
             if seen == 0:
                 raise RuntimeError(f"reader {slot} got no samples from {len(self.urls)} shards")
             epoch += 1
+
+
+class CorruptDataError(RuntimeError):
+    """More unreadable samples than ``train.max_corrupt_samples``."""
+
+
+class CountedBatches:
+    """A loader's ``(views, skipped)`` batches as plain views, counting the skipped samples in
+    ``state.corrupt_samples`` (any object with that attribute, e.g. ``sslcore.train.TrainState``).
+
+    Each rank counts its own; :meth:`settle`, called by all ranks together, adds them up. Past
+    ``limit`` in total (or on one rank alone, checked every batch) it raises ``CorruptDataError``.
+    """
+
+    def __init__(self, batches: Iterator[tuple[list[torch.Tensor], torch.Tensor]], state: Any, limit: int) -> None:
+        self.batches = batches
+        self.state = state
+        self.limit = limit
+        self.unreported = 0  # this rank's count since the last report
+        self.first_batch_at: float | None = None  # wall clock, for start-up cost reports
+
+    def __iter__(self) -> CountedBatches:
+        return self
+
+    def __next__(self) -> list[torch.Tensor]:
+        views, skipped = next(self.batches)
+        if self.first_batch_at is None:
+            self.first_batch_at = time.time()
+        self.unreported += int(skipped.sum())
+        self.check(self.state.corrupt_samples + self.unreported)
+        return views
+
+    def settle(self) -> None:
+        """Add every rank's new count to the state (a collective: all ranks call it together)."""
+        self.state.corrupt_samples += sum_over_ranks(self.unreported)
+        self.unreported = 0
+        self.check(self.state.corrupt_samples)
+
+    def check(self, total: int) -> None:
+        if total > self.limit:
+            raise CorruptDataError(
+                f"{total} unreadable samples skipped, more than train.max_corrupt_samples={self.limit}: "
+                f"the shards are damaged; re-run ingest (it validates every image) or raise the limit"
+            )
+
+
+def views_only(batches: Iterator[tuple[list[torch.Tensor], torch.Tensor]]) -> Iterator[list[torch.Tensor]]:
+    """Drop the skipped-sample counts of a loader over :class:`TrainStream` (single process use)."""
+    for views, _ in batches:
+        yield views
 
 
 def load_split_arrays(

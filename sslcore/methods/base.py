@@ -89,9 +89,12 @@ class Method(Protocol):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The method inside a DDP wrapper (``model.module``), or ``model`` itself."""
-    inner = getattr(model, "module", model)
-    return inner if isinstance(inner, nn.Module) else model
+    """The method inside ``torch.compile`` (``_orig_mod``) and DDP (``module``) wrappers, or ``model``."""
+    for attr in ("_orig_mod", "module", "_orig_mod"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, nn.Module):
+            model = inner
+    return model
 
 
 def as_method(model: nn.Module) -> Method:

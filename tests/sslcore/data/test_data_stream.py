@@ -116,7 +116,9 @@ def test_stream_yields_every_train_image_each_pass(digits: IngestResult) -> None
         TrainStream(shard_urls(manifest, folder, "train"), _as_tensor, rank=0, world_size=1, seed=0, shuffle_buffer=1)
     )
     for _ in range(2):
-        block = [next(stream) for _ in range(n)]
+        items = [next(stream) for _ in range(n)]
+        assert all(skipped == 0 for _, skipped in items)
+        block = [views for views, _ in items]
         assert all(len(views) == 1 and views[0].shape == (3, 8, 8) for views in block)
         assert Counter(views[0].numpy().tobytes() for views in block) == expected
 
@@ -126,7 +128,8 @@ def test_dataloader_batches_of_views(digits: IngestResult) -> None:
     stream = TrainStream(
         shard_urls(digits.manifest, digits.folder, "train"), transform, rank=0, world_size=1, seed=0, shuffle_buffer=16
     )
-    views = next(iter(DataLoader(stream, batch_size=4, num_workers=2)))
+    views, skipped = next(iter(DataLoader(stream, batch_size=4, num_workers=2)))
+    assert skipped.tolist() == [0, 0, 0, 0]
     assert len(views) == 2
     assert all(v.shape == (4, 3, 16, 16) and v.dtype == torch.float32 for v in views)
 

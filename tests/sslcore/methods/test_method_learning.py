@@ -22,7 +22,7 @@ from sslcore.backbones import create_backbone, feature_dim
 from sslcore.config import IngestConfig, PipelineConfig, load_config
 from sslcore.data.ingest import ingest
 from sslcore.data.manifest import Manifest
-from sslcore.data.stream import TrainStream, load_split_arrays, shard_urls
+from sslcore.data.stream import TrainStream, load_split_arrays, shard_urls, views_only
 from sslcore.evaluation.knn import knn_accuracy
 from sslcore.inference import Encoder, EncoderSpec
 from sslcore.methods import METHODS, as_method, build_method
@@ -116,7 +116,7 @@ def test_method_beats_its_random_init_knn(name: str, digits: Digits) -> None:
         seed=cfg.train.seed,
     )
     loader = DataLoader(stream, batch_size=cfg.train.batch_size, num_workers=cfg.train.loader_workers)
-    batches, state = iter(loader), TrainState()
+    batches, state = views_only(iter(loader)), TrainState()
     for _ in range(cfg.train.epochs):
         means, _ = train_epoch(model, batches, optimizer, plan, state, device=torch.device("cpu"), amp=False)
         assert np.isfinite(means["loss"])
