@@ -7,9 +7,13 @@ shard, manifest or journal entry.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import tempfile
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -83,3 +87,18 @@ def is_local(fs: AbstractFileSystem) -> bool:
 def read_bytes(fs: AbstractFileSystem, path: str) -> bytes:
     data: bytes = fs.cat_file(path)
     return data
+
+
+@contextlib.contextmanager
+def local_folder(url: str, storage: StorageConfig | None = None) -> Iterator[Path]:
+    """A folder as a local path: itself when local, else a temporary download of it."""
+    if not is_remote(url):
+        yield Path(url)
+        return
+    fs, path = filesystem(url, storage)
+    with tempfile.TemporaryDirectory(prefix="sslpipe-") as tmp:
+        for remote in fs.find(path):
+            target = Path(tmp) / posixpath.relpath(remote, path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(target))
+        yield Path(tmp)

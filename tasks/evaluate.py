@@ -85,7 +85,7 @@ def evaluate(config: PipelineConfig, pretrain: PretrainRecord) -> EvaluateRecord
     own = pretrain.ingest.shard_folder
     refs = [(d.name, d.path) for d in config.eval.datasets] or [(default_dataset_name(config), own)]
     datasets = [(name, read_manifest(path, config.storage), path) for name, path in refs]
-    state = backbone_state_dict(Path(pretrain.checkpoint_path))
+    state = backbone_state_dict(pretrain.checkpoint_path, config.storage)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = evaluate_encoders(config, datasets, state, device=device, two_d=tsne if config.eval.plots else None)
 

@@ -43,17 +43,22 @@ def run_name_for(config: PipelineConfig, ingest: IngestRecord) -> str:
 )
 def pretrain(config: PipelineConfig, ingest: IngestRecord) -> PretrainRecord:
     """Train ``config.method`` on the ingested shards; resume the same run if it exists."""
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     manifest = read_manifest(ingest.shard_folder, config.storage)
     plan_steps(config, manifest.split("train").samples)  # batch vs data size, before starting Ray
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if not address:
         check_local_resources(config)
+    storage_path = ray_storage_path(config)
     ray_train.connect(address)
+    connected_at = time.time()
     _check_cluster_resources(config)
+    if address:
+        ray_train.check_shared_paths({"ingest.output": ingest.shard_folder, "ray.storage_path": storage_path})
     run_name = run_name_for(config, ingest)
-    outcome = ray_train.fit(config, ingest.shard_folder, ray_storage_path(config), run_name)
+    outcome = ray_train.fit(config, ingest.shard_folder, storage_path, run_name)
     history = outcome.history
+    state = outcome.state
     record = PretrainRecord(
         ingest=ingest,
         run_name=outcome.run_name,
@@ -64,6 +69,10 @@ def pretrain(config: PipelineConfig, ingest: IngestRecord) -> PretrainRecord:
         final_loss=history[-1]["loss"] if history else float("nan"),
         images_per_s=sum(h["images_per_s"] for h in history) / max(len(history), 1),
         history=history,
+        resumed_from=state.resumed_from,
+        corrupt_samples=state.corrupt_samples,
+        workers=state.workers,
+        startup=_startup(started_at, connected_at, state.startup),
         duration_s=time.perf_counter() - start,
     )
     create_markdown_artifact(
@@ -71,10 +80,26 @@ def pretrain(config: PipelineConfig, ingest: IngestRecord) -> PretrainRecord:
         markdown=(
             f"### Pretrain\nRay Train run `{run_name}`, {record.epochs} epochs, {record.steps} steps, "
             f"final loss {record.final_loss:.4f}, {record.images_per_s:.0f} images/s.\n\n"
-            f"Checkpoint: `{record.checkpoint_path}`\n"
+            f"Checkpoint: `{record.checkpoint_path}`\n\n"
+            f"Workers: {', '.join(sorted({str(w['host']) for w in record.workers}))} "
+            f"({len({w['node_id'] for w in record.workers})} Ray node(s)); "
+            f"resumed from step(s) {record.resumed_from or 'none'}; "
+            f"{record.corrupt_samples} unreadable sample(s) skipped.\n"
         ),
     )
     return record
+
+
+def _startup(started_at: float, connected_at: float, worker: dict[str, float]) -> dict[str, float]:
+    """The stage's fixed cost before the first step of its latest (re)start, in seconds."""
+    entered = worker.get("loop_entered_at", connected_at)
+    first = worker.get("first_batch_at", entered)
+    return {
+        "ray_connect_s": round(connected_at - started_at, 3),
+        "worker_group_s": round(max(entered - connected_at, 0.0), 3),
+        "first_batch_s": round(max(first - entered, 0.0), 3),
+        "total_s": round(max(first - started_at, 0.0), 3),
+    }
 
 
 def _check_cluster_resources(config: PipelineConfig) -> None:

@@ -3,27 +3,52 @@ GPU). Kept free of Prefect so that Ray workers import only what they need."""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
+import posixpath
+import re
+import socket
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 import ray.train
 import torch
 import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from torch import Tensor
 from torch.utils.data import DataLoader
 
-from sslcore.config import PipelineConfig
+from sslcore.config import PipelineConfig, StorageConfig
 from sslcore.data.manifest import read_manifest
-from sslcore.data.stream import TrainStream, shard_urls
+from sslcore.data.stream import CountedBatches, TrainStream, shard_urls
+from sslcore.device_augment import AugmentedBatches, decode_for_device, device_views
 from sslcore.health import backbone_health, collapse_warning
 from sslcore.methods import as_method, build_method
-from sslcore.train import TrainState, build_optimizer, load_state, plan_steps, save_state, train_epoch
+from sslcore.schedules import StepPlan
+from sslcore.storage import filesystem, is_remote, join, local_folder
+from sslcore.train import (
+    META_FILE,
+    STATE_FILE,
+    TrainState,
+    build_optimizer,
+    load_state,
+    plan_steps,
+    pop_means,
+    read_meta,
+    run_steps,
+    save_state,
+)
+from sslcore.transforms import MultiView
 
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -36,85 +61,168 @@ def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist(), strict=True))
 
 
+def _gather(info: dict[str, Any]) -> list[dict[str, Any]]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return [info]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, info)
+    return out
+
+
+def _step_of(checkpoint_path: str) -> int:
+    match = re.search(r"step-(\d+)/?$", checkpoint_path)
+    return int(match.group(1)) if match else -1
+
+
+def _quiet_ray_reports() -> None:
+    try:  # Ray's logger there is named after its file, so only the module's own object reaches it
+        from ray.train.v2._internal.execution import context
+
+        context.logger.setLevel(logging.WARNING)
+    except (ImportError, AttributeError):
+        pass
+
+
+def _next_stop(step: int, plan: StepPlan, every: int | None) -> int:
+    """The next step at which to checkpoint: the epoch's end, or sooner every ``every`` steps."""
+    stop = (step // plan.steps_per_epoch + 1) * plan.steps_per_epoch
+    if every is not None:
+        stop = min(stop, (step // every + 1) * every)
+    return min(stop, plan.total_steps)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Runs on every Ray Train worker."""
-    cfg = PipelineConfig.model_validate(loop_config["config"])
+    entered = time.time()
+    # Ray logs every report at INFO; our own line per epoch says what matters.
+    _quiet_ray_reports()
+    cfg: PipelineConfig = loop_config["config"]
     folder = loop_config["shard_folder"]
     manifest = read_manifest(folder, cfg.storage)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, cfg.ray.cpus_per_worker))
+    cuda = device.type == "cuda"
 
     plan = plan_steps(cfg, manifest.split("train").samples)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    method = build_method(cfg)
+    method = build_method(cfg).to(device)
+    if cuda and cfg.train.channels_last:
+        method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method, cfg.train)
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    fallback, fallback_step = loop_config.get("resume_from"), loop_config.get("resume_from_step", -1)
+    if checkpoint is not None and _step_of(checkpoint.path) >= fallback_step:
+        fallback = None
+    if fallback:  # newer than Ray's: written by a driver that died before Ray registered it
+        checkpoint = None
+        with local_folder(fallback, cfg.storage) as d:
+            state = load_state(d, method, optimizer)
+    elif checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_state(Path(d), method, optimizer)
+    if checkpoint is not None or fallback:
+        state.resumed_from.append(state.step)
         if rank == 0:
-            print(f"resuming from epoch {state.epoch} (step {state.step}) of {cfg.train.epochs}")
-    # Identical weights came from the shared seed; from here on each rank draws its own masks and
-    # crops, deterministically in (seed, epoch, rank) like the data stream below.
-    torch.manual_seed(cfg.train.seed + 7919 * state.epoch + 104729 * (rank + 1))
+            print(f"resuming from step {state.step} (epoch {state.epoch}) of {plan.total_steps}", flush=True)
+    here = ray.get_runtime_context()
+    state.workers = _gather(
+        {"rank": rank, "node_id": here.get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+    )
     # The methods keep their own buffers identical across ranks (gathered queues, all-reduced
     # centers), so DDP need not overwrite them with rank 0's before every forward.
-    model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs={"broadcast_buffers": False})
+    model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    if cfg.train.compile:
+        model = torch.compile(model)
     api = as_method(model)
 
+    per_rank = cfg.train.batch_size // world
+    urls = shard_urls(manifest, folder, "train")
+    transform = api.view_transform(cfg.augment, cfg.model.image_size)
+    on_device = None
+    if cfg.augment.on_device:  # loader processes only decode; the views are made batched on `device`
+        on_device = device_views(transform)
+        transform = MultiView(decode_for_device(on_device.max_size), 1)
     stream = TrainStream(
-        shard_urls(manifest, folder, "train"),
-        api.view_transform(cfg.augment, cfg.model.image_size),
+        urls,
+        transform,
         rank=rank,
         world_size=world,
-        seed=cfg.train.seed + 7919 * state.epoch,  # a resumed run does not replay its first epochs' data
+        seed=cfg.train.seed,
         storage=cfg.storage,
+        sizes=[s.samples for s in manifest.split("train").shards],
+        start_batch=state.step,  # the data position: each rank has taken one batch per step
+        batch_size=per_rank,
     )
+    workers = cfg.train.loader_workers
     loader = DataLoader(
         stream,
-        batch_size=cfg.train.batch_size // world,
-        num_workers=cfg.train.loader_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=cfg.train.loader_workers > 0,
-        prefetch_factor=4 if cfg.train.loader_workers > 0 else None,
+        batch_size=per_rank,
+        num_workers=workers,
+        pin_memory=cuda,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
     )
-    batches = iter(loader)
-    for epoch in range(state.epoch, cfg.train.epochs):
-        start = time.perf_counter()
-        means, last_batch = train_epoch(model, batches, optimizer, plan, state, device=device, amp=cfg.train.amp)
+    state.startup = {"loop_entered_at": entered}
+    counted = CountedBatches(iter(loader), state, cfg.train.max_corrupt_samples)
+    batches: Iterator[list[Tensor]] = counted
+    if on_device is not None:
+        batches = AugmentedBatches(counted, on_device, device, seed=cfg.train.seed, rank=rank, start=state.step)
+    every = cfg.train.checkpoint_every_steps
+    while state.step < plan.total_steps:
+        start_step, start = state.step, time.perf_counter()
+        last_batch = run_steps(
+            model,
+            batches,
+            optimizer,
+            plan,
+            state,
+            stop=_next_stop(state.step, plan, every),
+            device=device,
+            amp=cfg.train.amp,
+            seed=cfg.train.seed,
+            rank=rank,
+        )
         elapsed = time.perf_counter() - start
-        # Label-free collapse guard: spread and effective rank of backbone features.
-        health = backbone_health(api.backbone, last_batch[0].to(device))
-        means = _mean_over_ranks(means | health)
-        warning = collapse_warning(means)
-        metrics = {
-            "epoch": float(epoch + 1),
+        state.startup.setdefault("first_batch_at", counted.first_batch_at or time.time())
+        counted.settle()
+        metrics: dict[str, float] = {
             "step": float(state.step),
-            **means,
-            "collapse_warning": float(warning is not None),
-            "images_per_s": plan.steps_per_epoch * cfg.train.batch_size / elapsed,
-            "epoch_time_s": elapsed,
+            "epoch": state.step / plan.steps_per_epoch,
+            "corrupt_samples": float(state.corrupt_samples),
         }
-        state.epoch = epoch + 1
-        state.history.append(metrics)
+        epoch_done = state.step % plan.steps_per_epoch == 0
+        if epoch_done:
+            means = pop_means(state)
+            health = backbone_health(api.backbone, last_batch[0].to(device))  # label-free collapse guard
+            means = _mean_over_ranks(means | health)
+            warning = collapse_warning(means)
+            state.epoch = state.step // plan.steps_per_epoch
+            metrics |= {
+                **means,
+                "epoch": float(state.epoch),
+                "collapse_warning": float(warning is not None),
+                "images_per_s": (state.step - start_step) * cfg.train.batch_size / elapsed,
+                "epoch_time_s": elapsed,
+            }
+            state.history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
-            if rank == 0:
+            if rank == 0:  # only rank 0 writes; every rank reports
                 save_state(Path(tmp), model, optimizer, state)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
-        if rank == 0:
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{state.step:08d}")
+        if rank == 0 and epoch_done:
             print(
-                f"epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['loss']:.4f}  "
-                f"{metrics['images_per_s']:.0f} img/s  lr {metrics['lr']:.2e}  "
+                f"epoch {state.epoch}/{cfg.train.epochs}  step {state.step}/{plan.total_steps}  "
+                f"loss {metrics['loss']:.4f}  {metrics['images_per_s']:.0f} img/s  lr {metrics['lr']:.2e}  "
                 f"effective rank {metrics['health_effective_rank']:.1f}",
                 flush=True,
             )
-            if warning is not None:
-                print(f"WARNING epoch {epoch + 1}: {warning}", flush=True)
+            if metrics["collapse_warning"]:
+                print(f"WARNING epoch {state.epoch}: {collapse_warning(metrics)}", flush=True)
     return {"history": state.history, "steps": state.step}
 
 
@@ -122,9 +230,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 class TrainOutcome:
     run_name: str
     storage_path: str
-    checkpoint_path: str
-    history: list[dict[str, float]]
-    steps: int
+    checkpoint_path: str  # a local path or an s3:// URL
+    state: TrainState
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.state.history
+
+    @property
+    def steps(self) -> int:
+        return self.state.step
 
 
 def ray_runtime_env() -> dict[str, Any]:
@@ -151,16 +266,122 @@ def connect(address: str | None) -> None:
         ray.init(
             include_dashboard=True,
             dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",  # a local Ray keeps all its traffic on loopback
             runtime_env=ray_runtime_env(),
             log_to_driver=True,
         )
 
 
+def ray_storage(storage_path: str, storage: StorageConfig) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """Ray's ``(storage_path, storage_filesystem)`` for a local folder or an ``s3://`` URL.
+
+    S3 goes through the same s3fs settings as the shards (endpoint, profile, credentials), wrapped
+    for pyarrow, so that an S3-compatible endpoint (MinIO, moto) works for checkpoints as well.
+    """
+    if not is_remote(storage_path):
+        return str(Path(storage_path).expanduser().resolve()), None
+    fs, path = filesystem(storage_path, storage)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def _checkpoint_uri(storage_path: str, checkpoint_path: str) -> str:
+    if is_remote(storage_path):
+        scheme = storage_path.split("://", 1)[0]
+        return f"{scheme}://{checkpoint_path.lstrip('/')}"
+    return checkpoint_path
+
+
+@ray.remote(num_cpus=0)
+def _read_marker(path: str) -> tuple[str, str | None]:
+    try:
+        return ray.get_runtime_context().get_node_id(), Path(path).read_text()
+    except OSError:
+        return ray.get_runtime_context().get_node_id(), None
+
+
+class StorageNotSharedError(RuntimeError):
+    """A local path that some node of the Ray cluster cannot see."""
+
+
+def check_shared_paths(paths: dict[str, str]) -> None:
+    """On a cluster, every node must see the shards and the checkpoint folder: for each local path,
+    write a marker from here and read it back on every alive node. ``s3://`` paths need no check.
+
+    Raises:
+        StorageNotSharedError: naming the setting, the path and the nodes that cannot see it.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    for setting, path in paths.items():
+        if is_remote(path):
+            continue
+        folder = Path(path).expanduser().resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / f".sslpipe-visible-{uuid.uuid4().hex}"
+        token = uuid.uuid4().hex
+        marker.write_text(token)
+        try:
+            probes = [
+                _read_marker.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+                ).remote(str(marker))
+                for n in nodes
+            ]
+            blind = [node for node, seen in ray.get(probes, timeout=120) if seen != token]
+        finally:
+            marker.unlink(missing_ok=True)
+        if blind:
+            addresses = sorted(n["NodeManagerAddress"] for n in nodes if n["NodeID"] in blind)
+            raise StorageNotSharedError(
+                f"{setting}={path} is a local path that Ray node(s) {', '.join(addresses)} cannot see: a cluster "
+                f"needs storage every node reaches; use an s3:// URL (or a filesystem mounted on every node)"
+            )
+
+
+def latest_checkpoint(storage_path: str, run_name: str, storage: StorageConfig) -> tuple[str, TrainState] | None:
+    """The newest complete checkpoint folder of a run in storage (its URL and progress), if any.
+
+    Ray resumes from the checkpoints its controller registered; a driver killed between a
+    checkpoint's upload and its registration leaves a newer one only this scan finds. A folder
+    counts when its progress file parses and its tensors load (``weights_only``).
+    """
+    run_url = join(storage_path, run_name)
+    fs, root = filesystem(run_url, storage)
+    if not fs.exists(root):
+        return None
+    for folder in sorted(fs.glob(f"{root}/step-*"), reverse=True):
+        try:
+            meta = json.loads(fs.cat_file(f"{folder}/{META_FILE}"))
+            torch.load(io.BytesIO(fs.cat_file(f"{folder}/{STATE_FILE}")), map_location="cpu", weights_only=True)
+        except (OSError, ValueError, RuntimeError, EOFError, KeyError):
+            continue
+        state = TrainState(**{k: v for k, v in meta.items() if k in TrainState.__dataclass_fields__})
+        return join(run_url, posixpath.basename(folder.rstrip("/"))), state
+    return None
+
+
 def fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str) -> TrainOutcome:
-    """Run (or resume: same ``storage_path`` and ``run_name``) the distributed training."""
+    """Run (or resume: same ``storage_path`` and ``run_name``) the distributed training.
+
+    A run whose newest checkpoint already holds every planned step is not started again: its
+    outcome is returned as it is. The config travels to the workers as the pydantic object itself
+    (not JSON), so storage secrets arrive intact while every ``repr`` and dump still masks them.
+    """
+    plan = plan_steps(cfg, read_manifest(shard_folder, cfg.storage).split("train").samples)
+    found = latest_checkpoint(storage_path, run_name, cfg.storage)
+    if found is not None and found[1].step >= plan.total_steps:
+        print(f"{run_name} already finished ({found[1].step} steps): reusing {found[0]}", flush=True)
+        return TrainOutcome(run_name=run_name, storage_path=storage_path, checkpoint_path=found[0], state=found[1])
+    path, fs = ray_storage(storage_path, cfg.storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "shard_folder": shard_folder},
+        train_loop_config={
+            "config": cfg,
+            "shard_folder": shard_folder,
+            "resume_from": found[0] if found is not None else None,
+            "resume_from_step": found[1].step if found is not None else -1,
+        },
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.ray.num_workers,
@@ -169,7 +390,8 @@ def fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_path,
+            storage_path=path,
+            storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # our one line per epoch instead
@@ -179,13 +401,10 @@ def fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        from sslcore.train import read_meta
-
-        meta = read_meta(Path(d))
+        state = read_meta(Path(d))
     return TrainOutcome(
         run_name=run_name,
         storage_path=storage_path,
-        checkpoint_path=result.checkpoint.path,
-        history=meta.history,
-        steps=meta.step,
+        checkpoint_path=_checkpoint_uri(storage_path, result.checkpoint.path),
+        state=state,
     )

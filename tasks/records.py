@@ -52,6 +52,12 @@ class PretrainRecord(Record):
     final_loss: float
     images_per_s: float = Field(description="Mean training throughput over the run's epochs.")
     history: list[dict[str, float]]
+    resumed_from: list[int] = Field(default_factory=list, description="Step of every resume from a checkpoint.")
+    corrupt_samples: int = Field(0, description="Unreadable samples skipped while streaming.")
+    workers: list[dict[str, str | int]] = Field(default_factory=list, description="Rank, node and host of each worker.")
+    startup: dict[str, float] = Field(
+        default_factory=dict, description="Fixed start-up cost: Ray connect, worker group, first batch, total (s)."
+    )
     duration_s: float
 
 

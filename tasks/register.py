@@ -139,7 +139,7 @@ def _lineage(config: PipelineConfig, evaluation: EvaluateRecord, key: str) -> di
 
 def _log_run(config: PipelineConfig, evaluation: EvaluateRecord, experiment_id: str, tags: dict[str, str]) -> str:
     pretrain, ingest = evaluation.pretrain, evaluation.pretrain.ingest
-    weights = backbone_state_dict(Path(pretrain.checkpoint_path))
+    weights = backbone_state_dict(pretrain.checkpoint_path, config.storage)
     spec = EncoderSpec(model=config.model, mean=config.augment.mean, std=config.augment.std, embedding_dim=0)
     spec = Encoder.load_from_state(spec, weights).spec
     with tempfile.TemporaryDirectory() as tmp_dir:

@@ -55,7 +55,8 @@ def records_dir(cfg: PipelineConfig) -> Path:
 
 
 def ray_storage_path(cfg: PipelineConfig) -> str:
-    return str(cfg.work_path / "ray_results")
+    """``ray.storage_path`` (local or s3://), else ``<work_dir>/ray_results``."""
+    return cfg.ray.storage_path or str(cfg.work_path / "ray_results")
 
 
 class RegistryUnavailable(ConnectionError):

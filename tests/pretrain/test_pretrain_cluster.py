@@ -1,0 +1,82 @@
+"""The pretrain stage on an existing Ray cluster, found by address: a head node (``ray start
+--head``) and a second node process (``ray start --address``), both on loopback, with token
+authentication on as a real cluster should have it. The stage must place its two workers on both
+nodes (one CPU each) and check that every node sees its local storage before training."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from pretrain_helpers import fast_training, ingest_digits, quiet_env
+
+from conftest import SSLPIPE, free_port
+from tasks.records import PretrainRecord
+
+pytestmark = pytest.mark.slow
+
+RAY = Path(sys.executable).with_name("ray")
+
+
+def _kill_processes_of(temp_dir: str) -> None:
+    """Stop exactly this cluster's processes (``ray stop`` would stop every Ray on the machine)."""
+    victims = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in proc.info["cmdline"] or ()):
+                victims.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(victims, timeout=30)
+
+
+@pytest.fixture
+def two_node_cluster() -> Iterator[tuple[str, dict[str, str]]]:
+    """``(address, environment)`` of a fresh two-node Ray cluster, one CPU per node."""
+    temp_dir = tempfile.mkdtemp(prefix="sslray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = quiet_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run(
+            [str(RAY), "start", "--head", f"--port={port}", *common, f"--temp-dir={temp_dir}",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"],
+            env=env, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        subprocess.run(
+            [str(RAY), "start", f"--address={address}", *common, f"--dashboard-agent-listen-port={free_port()}"],
+            env=env, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        yield address, env
+    finally:
+        _kill_processes_of(temp_dir)
+
+
+def test_pretrain_by_address_runs_workers_on_both_nodes(tmp_path: Path, two_node_cluster, prefect_server) -> None:
+    address, env = two_node_cluster
+    ingest_digits(tmp_path)
+    args = fast_training(tmp_path, "train.epochs=1", "train.max_steps_per_epoch=4", "augment.on_device=true")
+    done = subprocess.run(
+        [str(SSLPIPE), "pretrain", *args], cwd=tmp_path, env={**env, "RAY_ADDRESS": address},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "Started a local Ray instance" not in done.stdout + done.stderr, "must join the cluster, not start one"
+
+    record = PretrainRecord.model_validate_json((tmp_path / "records" / "pretrain.json").read_text())
+    assert record.steps == 4
+    assert sorted(int(w["rank"]) for w in record.workers) == [0, 1]
+    nodes = {w["node_id"] for w in record.workers}
+    assert len(nodes) == 2, f"both workers ran on one node: {record.workers}"
+    assert set(record.startup) >= {"ray_connect_s", "worker_group_s", "first_batch_s", "total_s"}
