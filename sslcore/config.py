@@ -214,6 +214,16 @@ class TrainConfig(StrictModel):
     checkpoint_every_steps: PositiveInt | None = Field(
         None, description="Also checkpoint every N optimizer steps; default only at the end of each epoch."
     )
+    time_budget_s: PositiveFloat | None = Field(
+        None,
+        description="Fit training into this many seconds: after the first epoch the run is re-planned to the "
+        "epochs that fit (at most train.epochs), so that the schedules still run to their end.",
+    )
+    knn_monitor_samples: NonNegativeInt = Field(
+        1000,
+        description="After every epoch, kNN accuracy on this many labelled train images (and half as many "
+        "held-out ones), for a curve of what the backbone learns; 0 turns it off. Needs labelled shards.",
+    )
     max_corrupt_samples: NonNegativeInt = Field(
         100, description="Unreadable samples met while streaming are skipped; above this many the run fails."
     )

@@ -12,14 +12,19 @@ import matplotlib.pyplot as plt
 
 
 def training_curves(history: list[dict[str, float]], path: Path) -> Path:
-    """Loss and throughput per epoch."""
+    """Loss, the kNN monitor (when the run had one) and throughput per epoch."""
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_speed) = plt.subplots(1, 2, figsize=(9, 3.2))
+    knn = [(h["epoch"], h["knn_top1"]) for h in history if "knn_top1" in h]
+    fig, axes = plt.subplots(1, 3 if knn else 2, figsize=(13.5 if knn else 9, 3.2))
+    ax_loss, ax_speed = axes[0], axes[-1]
     ax_loss.plot(epochs, [h["loss"] for h in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="pretraining loss")
+    if knn:
+        axes[1].plot(*zip(*knn, strict=True), marker="o", color="tab:purple")
+        axes[1].set(xlabel="epoch", ylabel="top-1", title="kNN monitor (k=20, labelled sample)")
     ax_speed.plot(epochs, [h["images_per_s"] for h in history], marker="o", color="tab:green")
     ax_speed.set(xlabel="epoch", ylabel="images/s", title="throughput (all workers)")
-    for ax in (ax_loss, ax_speed):
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -38,9 +38,10 @@ class TrainState:
     resumed_from: list[int] = field(default_factory=list)  # the step of every resume
     workers: list[dict[str, Any]] = field(default_factory=list)  # where each rank ran
     startup: dict[str, float] = field(default_factory=dict)  # fixed costs of the latest (re)start
+    planned_epochs: int | None = None  # set when train.time_budget_s re-planned the run
 
 
-def plan_steps(cfg: PipelineConfig, train_samples: int) -> StepPlan:
+def plan_steps(cfg: PipelineConfig, train_samples: int, epochs: int | None = None) -> StepPlan:
     """Steps per epoch from the sample count (an epoch is ``train_samples`` images, dropping the
     last partial global batch), the schedule lengths and the batch-scaled learning rate.
 
@@ -60,7 +61,7 @@ def plan_steps(cfg: PipelineConfig, train_samples: int) -> StepPlan:
         )
     if cfg.train.max_steps_per_epoch is not None:
         steps = min(steps, cfg.train.max_steps_per_epoch)
-    total = steps * cfg.train.epochs
+    total = steps * (epochs or cfg.train.epochs)
     peak = scaled_lr(cfg.train.lr, cfg.train.batch_size)
     return StepPlan(
         steps_per_epoch=steps,
@@ -111,6 +112,7 @@ def train_step(
     device: torch.device,
     amp: bool = True,
     values: StepValues | None = None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """One optimizer step on a list of views (each (B, C, S_i, S_i)); returns detached scalars.
 
@@ -122,6 +124,7 @@ def train_step(
         lr: Learning rate for this step.
         device: Where to compute.
         amp: bf16 autocast on CUDA.
+        channels_last: Move 4-D views to channels-last memory (with a channels-last model on CUDA).
         values: The method's scheduled values for this step (``method.step_values(step, plan)``).
             When given, they are passed to ``forward``, ``values.weight_decay`` (if set) is applied
             to the decaying parameter group, and the method's ``before_optimizer_step`` (gradient
@@ -134,7 +137,8 @@ def train_step(
         group["lr"] = lr
         if values is not None and values.weight_decay is not None and group.get("decay", False):
             group["weight_decay"] = values.weight_decay
-    views = [v.to(device, non_blocking=True) for v in views]
+    memory = torch.channels_last if channels_last else torch.preserve_format
+    views = [v.to(device, non_blocking=True, memory_format=memory) for v in views]
     with autocast(device, amp):
         out = model(views) if values is None else model(views, values)
     loss = out["loss"]
@@ -176,6 +180,7 @@ def run_steps(
     amp: bool = True,
     seed: int | None = None,
     rank: int = 0,
+    channels_last: bool = False,
 ) -> list[Tensor]:
     """Optimizer steps from ``state.step`` up to ``stop``, each with its scheduled values and
     learning rate; ``state.step`` advances and every scalar is added to ``state.sums``.
@@ -201,6 +206,7 @@ def run_steps(
             device=device,
             amp=amp,
             values=method.step_values(state.step, plan),
+            channels_last=channels_last,
         )
         state.step += 1
         state.sums["steps"] = state.sums.get("steps", 0.0) + 1.0

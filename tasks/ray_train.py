@@ -34,6 +34,7 @@ from sslcore.data.stream import CountedBatches, TrainStream, shard_urls
 from sslcore.device_augment import AugmentedBatches, decode_for_device, device_views
 from sslcore.health import backbone_health, collapse_warning
 from sslcore.methods import as_method, build_method
+from sslcore.monitor import KnnMonitor
 from sslcore.schedules import StepPlan
 from sslcore.storage import filesystem, is_remote, join, local_folder
 from sslcore.train import (
@@ -72,6 +73,16 @@ def _gather(info: dict[str, Any]) -> list[dict[str, Any]]:
 def _step_of(checkpoint_path: str) -> int:
     match = re.search(r"step-(\d+)/?$", checkpoint_path)
     return int(match.group(1)) if match else -1
+
+
+def _epochs_in_budget(cfg: PipelineConfig, epoch_s: float) -> int:
+    """How many epochs of ``epoch_s`` fit ``train.time_budget_s`` (at least the one done, at most
+    ``train.epochs``); rank 0 decides, so that every rank runs the same plan."""
+    budget = cfg.train.time_budget_s or 0.0
+    fit = [max(1, min(cfg.train.epochs, int(budget // max(epoch_s, 1e-9))))]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(fit, src=0)
+    return int(fit[0])
 
 
 def _quiet_ray_reports() -> None:
@@ -171,8 +182,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     if on_device is not None:
         batches = AugmentedBatches(counted, on_device, device, seed=cfg.train.seed, rank=rank, start=state.step)
     every = cfg.train.checkpoint_every_steps
+    samples = manifest.split("train").samples
+    if state.planned_epochs:
+        plan = plan_steps(cfg, samples, epochs=state.planned_epochs)
+    monitor = None
+    if cfg.train.knn_monitor_samples:
+        monitor = KnnMonitor.from_shards(cfg, manifest, folder, cfg.train.knn_monitor_samples, cfg.storage)
+    epoch_wall, compute_s, epoch_first_step = time.perf_counter(), 0.0, state.step
     while state.step < plan.total_steps:
-        start_step, start = state.step, time.perf_counter()
+        start = time.perf_counter()
         last_batch = run_steps(
             model,
             batches,
@@ -184,8 +202,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             amp=cfg.train.amp,
             seed=cfg.train.seed,
             rank=rank,
+            channels_last=cuda and cfg.train.channels_last,
         )
-        elapsed = time.perf_counter() - start
+        compute_s += time.perf_counter() - start
         state.startup.setdefault("first_batch_at", counted.first_batch_at or time.time())
         counted.settle()
         metrics: dict[str, float] = {
@@ -195,6 +214,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         }
         epoch_done = state.step % plan.steps_per_epoch == 0
         if epoch_done:
+            epoch_steps = state.step - epoch_first_step  # this attempt's steps, if it resumed mid-epoch
             means = pop_means(state)
             health = backbone_health(api.backbone, last_batch[0].to(device))  # label-free collapse guard
             means = _mean_over_ranks(means | health)
@@ -204,25 +224,39 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 **means,
                 "epoch": float(state.epoch),
                 "collapse_warning": float(warning is not None),
-                "images_per_s": (state.step - start_step) * cfg.train.batch_size / elapsed,
-                "epoch_time_s": elapsed,
+                "images_per_s": epoch_steps * cfg.train.batch_size / max(compute_s, 1e-9),
             }
+            if monitor is not None:
+                metrics["knn_top1"] = monitor(api.backbone, device)
+            metrics["epoch_time_s"] = time.perf_counter() - epoch_wall
             state.history.append(metrics)
+            if cfg.train.time_budget_s and state.planned_epochs is None:
+                state.planned_epochs = _epochs_in_budget(cfg, metrics["epoch_time_s"])
+                plan = plan_steps(cfg, samples, epochs=state.planned_epochs)
+                if rank == 0:
+                    print(
+                        f"time budget {cfg.train.time_budget_s:.0f} s at {metrics['epoch_time_s']:.1f} s per epoch: "
+                        f"{state.planned_epochs} of {cfg.train.epochs} epochs, schedules re-planned to fit",
+                        flush=True,
+                    )
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:  # only rank 0 writes; every rank reports
                 save_state(Path(tmp), model, optimizer, state)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{state.step:08d}")
-        if rank == 0 and epoch_done:
-            print(
-                f"epoch {state.epoch}/{cfg.train.epochs}  step {state.step}/{plan.total_steps}  "
-                f"loss {metrics['loss']:.4f}  {metrics['images_per_s']:.0f} img/s  lr {metrics['lr']:.2e}  "
-                f"effective rank {metrics['health_effective_rank']:.1f}",
-                flush=True,
-            )
-            if metrics["collapse_warning"]:
-                print(f"WARNING epoch {state.epoch}: {collapse_warning(metrics)}", flush=True)
+        if epoch_done:
+            if rank == 0:
+                knn = f"  kNN {metrics['knn_top1']:.3f}" if "knn_top1" in metrics else ""
+                print(
+                    f"epoch {state.epoch}/{plan.total_steps // plan.steps_per_epoch}  step {state.step}/"
+                    f"{plan.total_steps}  loss {metrics['loss']:.4f}{knn}  {metrics['images_per_s']:.0f} img/s  "
+                    f"lr {metrics['lr']:.2e}  effective rank {metrics['health_effective_rank']:.1f}",
+                    flush=True,
+                )
+                if metrics["collapse_warning"]:
+                    print(f"WARNING epoch {state.epoch}: {collapse_warning(metrics)}", flush=True)
+            epoch_wall, compute_s, epoch_first_step = time.perf_counter(), 0.0, state.step
     return {"history": state.history, "steps": state.step}
 
 
@@ -370,6 +404,8 @@ def fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str
     """
     plan = plan_steps(cfg, read_manifest(shard_folder, cfg.storage).split("train").samples)
     found = latest_checkpoint(storage_path, run_name, cfg.storage)
+    if found is not None and found[1].planned_epochs:
+        plan = plan_steps(cfg, read_manifest(shard_folder, cfg.storage).split("train").samples, found[1].planned_epochs)
     if found is not None and found[1].step >= plan.total_steps:
         print(f"{run_name} already finished ({found[1].step} steps): reusing {found[0]}", flush=True)
         return TrainOutcome(run_name=run_name, storage_path=storage_path, checkpoint_path=found[0], state=found[1])

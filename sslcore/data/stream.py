@@ -282,12 +282,19 @@ def views_only(batches: Iterator[tuple[list[torch.Tensor], torch.Tensor]]) -> It
 
 
 def load_split_arrays(
-    manifest: Manifest, folder: str | Path, split: str, storage: StorageConfig | None = None
+    manifest: Manifest,
+    folder: str | Path,
+    split: str,
+    storage: StorageConfig | None = None,
+    limit: int | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """All images of a split as uint8 (H, W, 3) arrays, in shard order, with their labels (-1 if none)."""
+    """All images of a split (or its first ``limit``) as uint8 (H, W, 3) arrays, in shard order,
+    with their labels (-1 if none)."""
     images: list[np.ndarray] = []
     labels: list[int] = []
     for sample in iter_tar_samples(shard_urls(manifest, folder, split), storage):
+        if limit is not None and len(images) >= limit:
+            break
         images.append(np.asarray(decode_rgb(_image_bytes(sample)), dtype=np.uint8))
         labels.append(int(sample["cls"]) if "cls" in sample else -1)
     return images, np.asarray(labels, dtype=np.int64)

@@ -54,6 +54,7 @@ def fast_training(work: Path, *extra: str) -> list[str]:
         "train.max_steps_per_epoch=10",
         "train.checkpoint_every_steps=4",
         "ray.checkpoints_to_keep=2",
+        "train.knn_monitor_samples=200",
         *extra,
     ]
     return [arg for s in settings for arg in ("--set", s)]

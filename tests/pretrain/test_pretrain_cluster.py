@@ -1,7 +1,10 @@
 """The pretrain stage on an existing Ray cluster, found by address: a head node (``ray start
 --head``) and a second node process (``ray start --address``), both on loopback, with token
 authentication on as a real cluster should have it. The stage must place its two workers on both
-nodes (one CPU each) and check that every node sees its local storage before training."""
+nodes (one CPU each) and check that every node sees its local storage before training.
+
+The run also uses what a cloud run would: augmentations made on the device, a time budget (too
+small for more than one epoch, so the run is re-planned to one) and the kNN monitor."""
 
 from __future__ import annotations
 
@@ -66,7 +69,9 @@ def two_node_cluster() -> Iterator[tuple[str, dict[str, str]]]:
 def test_pretrain_by_address_runs_workers_on_both_nodes(tmp_path: Path, two_node_cluster, prefect_server) -> None:
     address, env = two_node_cluster
     ingest_digits(tmp_path)
-    args = fast_training(tmp_path, "train.epochs=1", "train.max_steps_per_epoch=4", "augment.on_device=true")
+    args = fast_training(
+        tmp_path, "train.epochs=3", "train.max_steps_per_epoch=4", "augment.on_device=true", "train.time_budget_s=0.01"
+    )
     done = subprocess.run(
         [str(SSLPIPE), "pretrain", *args], cwd=tmp_path, env={**env, "RAY_ADDRESS": address},
         capture_output=True, text=True, timeout=600,
@@ -75,7 +80,10 @@ def test_pretrain_by_address_runs_workers_on_both_nodes(tmp_path: Path, two_node
     assert "Started a local Ray instance" not in done.stdout + done.stderr, "must join the cluster, not start one"
 
     record = PretrainRecord.model_validate_json((tmp_path / "records" / "pretrain.json").read_text())
-    assert record.steps == 4
+    assert record.steps == 4 and record.epochs == 1, "the time budget re-plans the run to one epoch"
+    assert "1 of 3 epochs, schedules re-planned" in done.stdout + done.stderr
+    (epoch,) = record.history
+    assert 0.0 <= epoch["knn_top1"] <= 1.0
     assert sorted(int(w["rank"]) for w in record.workers) == [0, 1]
     nodes = {w["node_id"] for w in record.workers}
     assert len(nodes) == 2, f"both workers ran on one node: {record.workers}"
