@@ -92,6 +92,8 @@ def preprocess(
 
     The shorter side is resized to ``image_size`` (bilinear, antialiased) and the centre cropped.
     """
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()  # torch wants writable memory (arrays from PIL images are read-only)
     x = torch.as_tensor(images)
     if x.dim() != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(f"expected uint8 images shaped (N, H, W, C) with C = 1 or 3, got {tuple(x.shape)}")
