@@ -29,10 +29,14 @@ class KnnMonitor:
     ``samples // 2`` held-out images (the queries: the ``val`` split if it has samples, else
     ``test``), preprocessed once as in evaluation."""
 
-    def __init__(self, bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, classes: int) -> None:
+    def __init__(
+        self, bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, classes: int, world: int = 1
+    ) -> None:
+        """``bank`` and ``queries`` hold this rank's images (every ``world``-th), the labels all of them."""
         self.bank, self.bank_labels = bank, bank_labels
         self.queries, self.query_labels = queries, query_labels
         self.classes = classes
+        self.world = world
 
     @classmethod
     def from_shards(
@@ -42,8 +46,11 @@ class KnnMonitor:
         folder: str | Path,
         samples: int,
         storage: StorageConfig | None = None,
+        rank: int = 0,
+        world: int = 1,
     ) -> KnnMonitor | None:
-        """The monitor for ingested shards, or None when they have no labels or no held-out split."""
+        """The monitor for ingested shards, or None when they have no labels or no held-out split.
+        Each of ``world`` ranks preprocesses only its own share of the images."""
         held_out = next((s for s in ("val", "test") if s in manifest.splits and manifest.splits[s].samples), None)
         if held_out is None or manifest.num_classes < 2:
             return None
@@ -53,21 +60,21 @@ class KnnMonitor:
             if not images or (labels < 0).any():
                 return None
             size, mean, std = cfg.model.image_size, cfg.augment.mean, cfg.augment.std
-            x = torch.cat([preprocess(img[None], size, mean, std) for img in images])
+            x = torch.cat([preprocess(img[None], size, mean, std) for img in images[rank::world]])
             parts += [x, torch.as_tensor(labels)]
-        return cls(*parts, classes=manifest.num_classes)
+        return cls(*parts, classes=manifest.num_classes, world=world)
 
     @torch.no_grad()
-    def _embed(self, backbone: nn.Module, images: Tensor, device: torch.device, batch: int = 256) -> Tensor:
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        mine = images[rank::world]
+    def _embed(self, backbone: nn.Module, mine: Tensor, total: int, device: torch.device, batch: int = 256) -> Tensor:
+        """Embed this rank's images and gather everyone's, back in the original order."""
         out = [backbone(mine[i : i + batch].to(device)).float().cpu() for i in range(0, len(mine), batch)]
         local = torch.cat(out) if out else torch.zeros(0, 0)
+        world = self.world
         if world == 1:
             return local
         parts: list[Tensor | None] = [None] * world
         dist.all_gather_object(parts, local)
-        full = torch.zeros(len(images), max(p.shape[1] for p in parts if p is not None))
+        full = torch.zeros(total, max(p.shape[1] for p in parts if p is not None))
         for r, part in enumerate(parts):
             if part is not None and len(part):
                 full[r::world] = part
@@ -79,8 +86,8 @@ class KnnMonitor:
         was_training = backbone.training
         backbone.eval()
         try:
-            bank = self._embed(backbone, self.bank, device)
-            queries = self._embed(backbone, self.queries, device)
+            bank = self._embed(backbone, self.bank, len(self.bank_labels), device)
+            queries = self._embed(backbone, self.queries, len(self.query_labels), device)
         finally:
             backbone.train(was_training)
         scores = knn_accuracy(

@@ -187,7 +187,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         plan = plan_steps(cfg, samples, epochs=state.planned_epochs)
     monitor = None
     if cfg.train.knn_monitor_samples:
-        monitor = KnnMonitor.from_shards(cfg, manifest, folder, cfg.train.knn_monitor_samples, cfg.storage)
+        samples_ = cfg.train.knn_monitor_samples
+        monitor = KnnMonitor.from_shards(cfg, manifest, folder, samples_, cfg.storage, rank=rank, world=world)
     epoch_wall, compute_s, epoch_first_step = time.perf_counter(), 0.0, state.step
     while state.step < plan.total_steps:
         start = time.perf_counter()
