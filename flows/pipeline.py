@@ -1,7 +1,8 @@
 """Prefect flows: the whole pipeline, and one flow per stage for running a stage alone.
 
 Each stage's record is also written to ``<work_dir>/records/<stage>.json`` so the next stage can
-be re-run alone (``sslpipe evaluate`` reads ``records/pretrain.json`` by default).
+be re-run alone: a stage flow given no record reads the previous stage's from there, as ``sslpipe
+evaluate`` does, so every flow also runs from a Prefect deployment with no parameters.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sslcore.preflight import preflight
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.pretrain import pretrain
-from tasks.records import EvaluateRecord, IngestRecord, PretrainRecord, RegisterRecord
+from tasks.records import EvaluateRecord, IngestRecord, PretrainRecord, RegisterRecord, load_record
 from tasks.register import register
 from tasks.runtime import mlflow_ui_command, quiet_telemetry, records_dir
 
@@ -98,6 +99,7 @@ def summary_markdown(s: RunSummary) -> str:
 
 @flow(name="sslpipe-ingest", log_prints=True)
 def ingest_flow(config: PipelineConfig = PipelineConfig()) -> IngestRecord:  # noqa: B008
+    """Validate the source and write (or reuse) the shards and their manifest."""
     quiet_telemetry()
     preflight(config, local_ray=False)
     record = ingest(config)
@@ -106,25 +108,43 @@ def ingest_flow(config: PipelineConfig = PipelineConfig()) -> IngestRecord:  # n
 
 
 @flow(name="sslpipe-pretrain", log_prints=True)
-def pretrain_flow(config: PipelineConfig, ingested: IngestRecord) -> PretrainRecord:
+def pretrain_flow(
+    config: PipelineConfig = PipelineConfig(),  # noqa: B008
+    ingested: IngestRecord | None = None,
+) -> PretrainRecord:
+    """Pretrain on the ingested shards; without a record, on ``<work_dir>/records/ingest.json``."""
     quiet_telemetry()
     preflight(config, local_ray=_local_ray(config), check_data=False)
+    if ingested is None:
+        ingested = load_record(IngestRecord, records_dir(config) / "ingest.json")
     record = pretrain(config, ingested)
     record.save(records_dir(config) / "pretrain.json")
     return record
 
 
 @flow(name="sslpipe-evaluate", log_prints=True)
-def evaluate_flow(config: PipelineConfig, trained: PretrainRecord) -> EvaluateRecord:
+def evaluate_flow(
+    config: PipelineConfig = PipelineConfig(),  # noqa: B008
+    trained: PretrainRecord | None = None,
+) -> EvaluateRecord:
+    """Evaluate a pretrained backbone; without a record, the one in ``<work_dir>/records/pretrain.json``."""
     quiet_telemetry()
+    if trained is None:
+        trained = load_record(PretrainRecord, records_dir(config) / "pretrain.json")
     record = evaluate(config, trained)
     record.save(records_dir(config) / "evaluate.json")
     return record
 
 
 @flow(name="sslpipe-register", log_prints=True)
-def register_flow(config: PipelineConfig, evaluated: EvaluateRecord) -> RegisterRecord:
+def register_flow(
+    config: PipelineConfig = PipelineConfig(),  # noqa: B008
+    evaluated: EvaluateRecord | None = None,
+) -> RegisterRecord:
+    """Register the evaluated encoder; without a record, the one in ``<work_dir>/records/evaluate.json``."""
     quiet_telemetry()
+    if evaluated is None:
+        evaluated = load_record(EvaluateRecord, records_dir(config) / "evaluate.json")
     record = register(config, evaluated)
     record.save(records_dir(config) / "register.json")
     return record

@@ -12,6 +12,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from flows.deployments import NIGHTLY_CRON
+
 app = typer.Typer(
     help="Turn a folder or bucket of unlabeled images into a registered, evaluated vision backbone.",
     no_args_is_help=True,
@@ -153,6 +155,47 @@ def promote(
     record = _run_flow(promote_flow, cfg, rollback)
     typer.echo(f"{record.decision}: {record.reason}")
     typer.echo(f"champion: {record.champion_before} -> {record.champion_after}")
+
+
+CronOpt = Annotated[
+    str,
+    typer.Option("--cron", help="Schedule of the pipeline deployment (cron, UTC), or 'none' for no schedule."),
+]
+
+
+@app.command()
+def serve(config: ConfigOpt = None, set_: SetOpt = None, cron: CronOpt = NIGHTLY_CRON) -> None:
+    """Serve the pipeline (nightly), promotion and each stage as Prefect deployments until Ctrl-C.
+
+    The resolved config becomes every deployment's default parameters, editable per run in the UI.
+    """
+    from flows.deployments import baked_parameters, deployment_specs, runner_deployments
+
+    cfg = _load(config, set_)
+    try:
+        baked_parameters(cfg)  # refuse credentials before anything is stored
+    except ValueError as exc:
+        _fail(str(exc))
+    from prefect import serve as prefect_serve
+    from prefect.schedules import validate_cron_string
+    from prefect.settings import get_current_settings
+
+    from tasks.runtime import quiet_telemetry
+
+    quiet_telemetry()
+    schedule = None if cron.strip().lower() in ("", "none") else cron.strip()
+    if schedule is not None:
+        try:
+            validate_cron_string(schedule)
+        except ValueError as exc:
+            _fail(f"--cron: {exc} (five fields, e.g. '{NIGHTLY_CRON}', or 'none')")
+    if not get_current_settings().api.url:
+        _fail(
+            "PREFECT_API_URL is not set, and Prefect's temporary server runs no schedules and has no UI: start "
+            "`prefect server start` and run `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` "
+            "(or use the team setup in docs/operations.md)"
+        )
+    prefect_serve(*runner_deployments(deployment_specs(schedule), cfg))
 
 
 @app.command()
