@@ -115,8 +115,8 @@ class MlflowServer:
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
         ]  # fmt: skip
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=log, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        self.proc = subprocess.Popen(  # its own process group, so that stop() reaches uvicorn and the job runners
+            cmd, stdout=log, stderr=log, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, start_new_session=True
         )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

@@ -67,8 +67,10 @@ def test_training_ran_on_two_ray_workers_and_checkpointed(pipeline_run) -> None:
     record = json.loads((cfg.work_path / "records" / "pretrain.json").read_text())
     assert record["epochs"] == 2 and record["steps"] == 4
     assert all(np.isfinite(h["loss"]) and h["images_per_s"] > 0 for h in record["history"])
-    checkpoints = sorted(p.name for p in Path(record["storage_path"], record["run_name"]).glob("epoch-*"))
-    assert checkpoints == ["epoch-0001", "epoch-0002"]
+    checkpoints = sorted(p.name for p in Path(record["storage_path"], record["run_name"]).glob("step-*"))
+    assert checkpoints == ["step-00000002", "step-00000004"]  # one per epoch of 2 steps
+    assert sorted(int(w["rank"]) for w in record["workers"]) == [0, 1]
+    assert all(0.0 <= h["knn_top1"] <= 1.0 for h in record["history"]), "the kNN monitor runs by default"
 
 
 def test_model_version_with_candidate_alias(pipeline_run) -> None:

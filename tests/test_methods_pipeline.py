@@ -56,6 +56,7 @@ def _fit(name: str, overrides: list[str], shards: str, work: Path) -> Any:
             "train.max_steps_per_epoch=2",
             "train.batch_size=32",
             "train.loader_workers=0",
+            "train.knn_monitor_samples=0",  # the monitor has its own tests
             "ray.num_workers=2",
             *overrides,
         ],

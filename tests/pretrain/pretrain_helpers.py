@@ -42,7 +42,7 @@ def ingest_digits(work: Path) -> IngestRecord:
 
 
 def fast_training(work: Path, *extra: str) -> list[str]:
-    """``--set`` overrides for a short run of a tiny ResNet: 3 epochs x 10 steps, checkpoint every 4."""
+    """``--set`` overrides for a short run of a tiny ResNet: 2 epochs x 10 steps, checkpoint every 3."""
     settings = [
         f"work_dir={work}",
         "model.backbone=test_resnet",
@@ -50,11 +50,11 @@ def fast_training(work: Path, *extra: str) -> list[str]:
         "method.projection_hidden_dim=64",
         "method.projection_dim=32",
         "train.batch_size=64",
-        "train.epochs=3",
+        "train.epochs=2",
         "train.max_steps_per_epoch=10",
-        "train.checkpoint_every_steps=4",
+        "train.checkpoint_every_steps=3",
         "ray.checkpoints_to_keep=2",
-        "train.knn_monitor_samples=200",
+        "train.knn_monitor_samples=0",
         *extra,
     ]
     return [arg for s in settings for arg in ("--set", s)]

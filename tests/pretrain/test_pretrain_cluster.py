@@ -70,7 +70,12 @@ def test_pretrain_by_address_runs_workers_on_both_nodes(tmp_path: Path, two_node
     address, env = two_node_cluster
     ingest_digits(tmp_path)
     args = fast_training(
-        tmp_path, "train.epochs=3", "train.max_steps_per_epoch=4", "augment.on_device=true", "train.time_budget_s=0.01"
+        tmp_path,
+        "train.epochs=3",
+        "train.max_steps_per_epoch=4",
+        "augment.on_device=true",
+        "train.time_budget_s=0.01",
+        "train.knn_monitor_samples=200",
     )
     done = subprocess.run(
         [str(SSLPIPE), "pretrain", *args], cwd=tmp_path, env={**env, "RAY_ADDRESS": address},
