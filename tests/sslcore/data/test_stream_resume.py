@@ -145,3 +145,30 @@ def test_counted_batches_enforce_the_bound(tmp_path: Path) -> None:
     with pytest.raises(CorruptDataError, match="max_corrupt_samples=2"):
         for _ in range(20):
             next(strict)
+
+
+def test_ranks_with_uneven_shares_take_the_same_number_of_batches(tmp_path: Path) -> None:
+    """Shards of 40, 8 and 8 samples over two ranks: one rank's share of a pass is five times the
+    other's, yet both deliver as many batches as asked (the stream wraps into the next pass), so
+    DDP ranks never disagree on the step count."""
+    fs, path = filesystem(str(tmp_path))
+    writer = SplitShardWriter(fs, path, "train", 40, 10**9)
+    for i in range(40):
+        writer.write(f"a{i:08d}", sample_payload(encode(noise_image(8, 8, seed=i), "PNG"), "png", None, {}), f"a{i}")
+    first = writer.close()
+    urls = [str(tmp_path / s.name) for s in first]
+    for name in ("b", "c"):
+        sub = tmp_path / name
+        fs, path = filesystem(str(sub))
+        writer = SplitShardWriter(fs, path, "train", 8, 10**9)
+        for i in range(8):
+            blob = encode(noise_image(8, 8, seed=100 + i), "PNG")
+            writer.write(f"{name}{i:08d}", sample_payload(blob, "png", None, {}), f"{name}{i}")
+        urls += [str(sub / s.name) for s in writer.close()]
+    assert len(urls) == 3
+    steps = 30  # 30 batches of 4 = 120 samples per rank, several passes of the smaller share
+    for rank in range(2):
+        stream = TrainStream(urls, lambda im: [torch.zeros(1)], rank=rank, world_size=2, seed=1, shuffle_buffer=4)
+        loader = DataLoader(stream, batch_size=4, num_workers=0)
+        got = sum(1 for _, _ in zip(loader, range(steps), strict=False))
+        assert got == steps, f"rank {rank} ran out after {got} batches"
