@@ -102,7 +102,7 @@ def test_feature_extraction_is_eval_mode_and_gradient_free() -> None:
 def test_evaluation_is_deterministic_and_beats_nothing_it_should_not(tmp_path) -> None:
     cfg = load_config(
         None,
-        ["model.backbone=resnet10t", "eval.fewshot_seeds=2", "eval.fewshot_shots=[1, 5]", "eval.linear_c=[0.1, 1.0]"],
+        ["model.backbone=test_resnet", "eval.fewshot_seeds=2", "eval.fewshot_shots=[1, 5]", "eval.linear_c=[0.1, 1.0]"],
     )
     shards = ingest(cfg.ingest, tmp_path)
     torch.manual_seed(0)

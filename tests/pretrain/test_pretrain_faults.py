@@ -121,8 +121,12 @@ def test_killed_stage_resumes_from_its_s3_checkpoint(
     fs, root = filesystem(storage_path, cfg.storage)
 
     def s3_checkpoints() -> list[int]:
+        """Steps of the complete checkpoints (both files uploaded) on S3."""
         fs.invalidate_cache()
-        return _checkpoint_steps(fs.glob(f"{root}/pretrain-*/step-*")) if fs.exists(root) else []
+        if not fs.exists(root):
+            return []
+        done = [p.rsplit("/", 1)[0] for p in fs.glob(f"{root}/pretrain-*/step-*/state.pt")]
+        return _checkpoint_steps([p for p in done if fs.exists(f"{p}/meta.json")])
 
     first = start_cli(*args, cwd=tmp_path, env=env, log=tmp_path / "first.log")
     try:
