@@ -94,6 +94,21 @@ def _quiet_ray_reports() -> None:
         pass
 
 
+def _newest_in_storage(loop_config: dict[str, Any], cfg: PipelineConfig, rank: int) -> tuple[str | None, int]:
+    """The newest complete checkpoint in storage, found by rank 0 and shared with every rank.
+
+    Ray hands a restarted worker group the newest checkpoint its controller registered; one that a
+    worker uploaded just before it (or the driver) died may be newer and is found only here.
+    """
+    found: list[Any] = [None]
+    if rank == 0:
+        newest = latest_checkpoint(loop_config["storage_path"], loop_config["run_name"], cfg.storage)
+        found = [(newest[0], newest[1].step) if newest is not None else None]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(found, src=0)
+    return found[0] if found[0] is not None else (None, -1)
+
+
 def _next_stop(step: int, plan: StepPlan, every: int | None) -> int:
     """The next step at which to checkpoint: the epoch's end, or sooner every ``every`` steps."""
     stop = (step // plan.steps_per_epoch + 1) * plan.steps_per_epoch
@@ -124,10 +139,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     optimizer = build_optimizer(method, cfg.train)
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
-    fallback, fallback_step = loop_config.get("resume_from"), loop_config.get("resume_from_step", -1)
+    fallback, fallback_step = _newest_in_storage(loop_config, cfg, rank)
     if checkpoint is not None and _step_of(checkpoint.path) >= fallback_step:
         fallback = None
-    if fallback:  # newer than Ray's: written by a driver that died before Ray registered it
+    if fallback:  # newer than what Ray registered: uploaded just before a worker or the driver died
         checkpoint = None
         with local_folder(fallback, cfg.storage) as d:
             state = load_state(d, method, optimizer)
@@ -396,6 +411,21 @@ def latest_checkpoint(storage_path: str, run_name: str, storage: StorageConfig) 
     return None
 
 
+def prune_unregistered(storage_path: str, run_name: str, storage: StorageConfig, keep: int) -> list[str]:
+    """Delete checkpoint folders older than the ``keep`` newest, returning their URLs.
+
+    Ray prunes only the checkpoints its controller registered; one uploaded just before its worker
+    died stays behind unregistered (and was used to resume), so it is removed here once newer ones exist.
+    """
+    run_url = join(storage_path, run_name)
+    fs, root = filesystem(run_url, storage)
+    folders = sorted((f.rstrip("/") for f in fs.glob(f"{root}/step-*")), key=_step_of)
+    stale = folders[:-keep] if keep > 0 else []
+    for folder in stale:
+        fs.rm(folder, recursive=True)
+    return [join(run_url, posixpath.basename(f)) for f in stale]
+
+
 def fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str) -> TrainOutcome:
     """Run (or resume: same ``storage_path`` and ``run_name``) the distributed training.
 
@@ -416,8 +446,8 @@ def fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str
         train_loop_config={
             "config": cfg,
             "shard_folder": shard_folder,
-            "resume_from": found[0] if found is not None else None,
-            "resume_from_step": found[1].step if found is not None else -1,
+            "storage_path": storage_path,
+            "run_name": run_name,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -437,6 +467,7 @@ def fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} finished without a checkpoint")
+    prune_unregistered(storage_path, run_name, cfg.storage, keep=cfg.ray.checkpoints_to_keep)
     with result.checkpoint.as_directory() as d:
         state = read_meta(Path(d))
     return TrainOutcome(

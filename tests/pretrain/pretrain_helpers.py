@@ -1,7 +1,7 @@
 """Shared by the pretrain-stage tests: digits shards with the record the ingest stage would write,
 a fast training config, and a way to run and kill the ``sslpipe`` CLI with all its processes.
 
-A plain module, not a ``conftest.py`` (see tests/sslcore/data/sslcore_data_testing.py for why).
+A plain module, not a ``conftest.py`` (see tests/core/data/sslcore_data_testing.py for why).
 """
 
 from __future__ import annotations
