@@ -8,19 +8,29 @@ evaluate`` does, so every flow also runs from a Prefect deployment with no param
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Any, Literal
 
-from prefect import flow, runtime
+from prefect import Task, flow, runtime
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
 from sslcore.config import PipelineConfig
 from sslcore.preflight import preflight
+from tasks.caching import check_force, outputs_exist, stage_options
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.pretrain import pretrain
 from tasks.records import EvaluateRecord, IngestRecord, PretrainRecord, RegisterRecord, load_record
 from tasks.register import register
 from tasks.runtime import mlflow_ui_command, quiet_telemetry, records_dir
+
+STAGE_TASKS: dict[str, Task[..., Any]] = {
+    "ingest": ingest,
+    "pretrain": pretrain,
+    "evaluate": evaluate,
+    "register": register,
+}
 
 
 class RunSummary(BaseModel):
@@ -44,19 +54,44 @@ def _local_ray(config: PipelineConfig) -> bool:
     return not (config.ray.address or os.environ.get("RAY_ADDRESS"))
 
 
+ForceStage = Literal["ingest", "pretrain", "evaluate"]
+FORCE_ARGUMENT = {"ingest": "verify", "pretrain": "fresh"}  # what a forced run does beyond skipping the cache
+
+
+def _run_stage(stage: str, config: PipelineConfig, force: Sequence[str], *args: Any) -> Any:
+    """Run one stage task with this run's options: a cached result when its inputs are unchanged
+    (unless forced), and the stage again if a cached result points at outputs that are gone."""
+    fn = STAGE_TASKS[stage]
+    forced = stage in force
+    extra = {FORCE_ARGUMENT[stage]: True} if forced and stage in FORCE_ARGUMENT else {}
+    result = fn.with_options(**stage_options(config, stage, force))(config, *args, **extra)
+    if not forced and not outputs_exist(result, config):
+        print(f"the cached {stage} result points at outputs that no longer exist: running {stage} again")
+        result = fn.with_options(**stage_options(config, stage, [stage]))(config, *args)
+    return result
+
+
 @flow(name="sslpipe", log_prints=True)
-def pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:  # noqa: B008 - frozen default
-    """Ingest -> pretrain -> evaluate -> register, on the embedded default unless configured."""
+def pipeline(
+    config: PipelineConfig = PipelineConfig(),  # noqa: B008 - frozen default
+    force: list[ForceStage] | None = None,
+) -> RunSummary:
+    """Ingest -> pretrain -> evaluate -> register, on the embedded default unless configured.
+
+    A stage whose inputs are unchanged since an earlier run returns that run's result from the
+    cache; ``force`` runs the named stages again (``pretrain``: a new training run).
+    """
     quiet_telemetry()
+    force = list(check_force(force or []))
     preflight(config, local_ray=_local_ray(config))
     out = records_dir(config)
-    ingested = ingest(config)
+    ingested = _run_stage("ingest", config, force)
     ingested.save(out / "ingest.json")
-    trained = pretrain(config, ingested)
+    trained = _run_stage("pretrain", config, force, ingested)
     trained.save(out / "pretrain.json")
-    evaluated = evaluate(config, trained)
+    evaluated = _run_stage("evaluate", config, force, trained)
     evaluated.save(out / "evaluate.json")
-    registered = register(config, evaluated)
+    registered = _run_stage("register", config, force, evaluated)
     registered.save(out / "register.json")
     summary = RunSummary(
         flow_run_id=str(runtime.flow_run.id),
@@ -98,11 +133,11 @@ def summary_markdown(s: RunSummary) -> str:
 
 
 @flow(name="sslpipe-ingest", log_prints=True)
-def ingest_flow(config: PipelineConfig = PipelineConfig()) -> IngestRecord:  # noqa: B008
+def ingest_flow(config: PipelineConfig = PipelineConfig(), force: bool = False) -> IngestRecord:  # noqa: B008
     """Validate the source and write (or reuse) the shards and their manifest."""
     quiet_telemetry()
     preflight(config, local_ray=False)
-    record = ingest(config)
+    record = _run_stage("ingest", config, ["ingest"] if force else [])
     record.save(records_dir(config) / "ingest.json")
     return record
 
@@ -111,13 +146,14 @@ def ingest_flow(config: PipelineConfig = PipelineConfig()) -> IngestRecord:  # n
 def pretrain_flow(
     config: PipelineConfig = PipelineConfig(),  # noqa: B008
     ingested: IngestRecord | None = None,
+    force: bool = False,
 ) -> PretrainRecord:
     """Pretrain on the ingested shards; without a record, on ``<work_dir>/records/ingest.json``."""
     quiet_telemetry()
     preflight(config, local_ray=_local_ray(config), check_data=False)
     if ingested is None:
         ingested = load_record(IngestRecord, records_dir(config) / "ingest.json")
-    record = pretrain(config, ingested)
+    record = _run_stage("pretrain", config, ["pretrain"] if force else [], ingested)
     record.save(records_dir(config) / "pretrain.json")
     return record
 
@@ -126,12 +162,13 @@ def pretrain_flow(
 def evaluate_flow(
     config: PipelineConfig = PipelineConfig(),  # noqa: B008
     trained: PretrainRecord | None = None,
+    force: bool = False,
 ) -> EvaluateRecord:
     """Evaluate a pretrained backbone; without a record, the one in ``<work_dir>/records/pretrain.json``."""
     quiet_telemetry()
     if trained is None:
         trained = load_record(PretrainRecord, records_dir(config) / "pretrain.json")
-    record = evaluate(config, trained)
+    record = _run_stage("evaluate", config, ["evaluate"] if force else [], trained)
     record.save(records_dir(config) / "evaluate.json")
     return record
 
@@ -145,6 +182,6 @@ def register_flow(
     quiet_telemetry()
     if evaluated is None:
         evaluated = load_record(EvaluateRecord, records_dir(config) / "evaluate.json")
-    record = register(config, evaluated)
+    record = _run_stage("register", config, [], evaluated)
     record.save(records_dir(config) / "register.json")
     return record

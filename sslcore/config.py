@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -320,6 +321,45 @@ class PromotionConfig(StrictModel):
     lock_timeout_s: PositiveFloat = Field(900, description="A promotion lock older than this is stale.")
 
 
+STAGES = ("ingest", "pretrain", "evaluate", "register")
+
+
+# Field names are the stage names; "register" shadows ABCMeta.register on the class, harmlessly.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class StageTimeouts(StrictModel):
+    """Wall-clock limit of each stage attempt, in seconds; a stage over it fails (and may be retried)."""
+
+    ingest: PositiveFloat = 6 * 3600
+    pretrain: PositiveFloat = 72 * 3600
+    evaluate: PositiveFloat = 6 * 3600
+    register: PositiveFloat = 3600
+
+
+class StageRetries(StrictModel):
+    """Retries of each stage after a transient failure (never after bad config or bad data)."""
+
+    ingest: NonNegativeInt = 2
+    pretrain: NonNegativeInt = 1
+    evaluate: NonNegativeInt = 2
+    register: NonNegativeInt = 3
+
+
+class FlowConfig(StrictModel):
+    """How the Prefect flows run the stages: result caching across runs, retries and time limits."""
+
+    cache: bool = Field(
+        True, description="Reuse a stage's result when its inputs (config, upstream record, code) are unchanged."
+    )
+    result_storage: str | None = Field(
+        None, description="Stage results for the cache: folder or s3://; default <work_dir>/results."
+    )
+    timeouts_s: StageTimeouts = Field(default_factory=StageTimeouts)
+    retries: StageRetries = Field(default_factory=StageRetries)
+    retry_delay_s: NonNegativeFloat = Field(10.0, description="Wait before the first retry; doubles with each retry.")
+
+
 class PipelineConfig(StrictModel):
     """The whole pipeline: one section per stage plus where things live."""
 
@@ -334,6 +374,7 @@ class PipelineConfig(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
 
     @model_validator(mode="after")
     def _batch_divides(self) -> PipelineConfig:
@@ -347,6 +388,11 @@ class PipelineConfig(StrictModel):
     @property
     def work_path(self) -> Path:
         return Path(self.work_dir).expanduser().resolve()
+
+    @property
+    def result_storage(self) -> str:
+        """``flow.result_storage`` (local or s3://) or ``<work_dir>/results``."""
+        return self.flow.result_storage or str(self.work_path / "results")
 
     @property
     def shard_dir(self) -> str:

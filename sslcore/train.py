@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,7 @@ def run_steps(
     seed: int | None = None,
     rank: int = 0,
     channels_last: bool = False,
+    on_step: Callable[[TrainState, dict[str, float]], None] | None = None,
 ) -> list[Tensor]:
     """Optimizer steps from ``state.step`` up to ``stop``, each with its scheduled values and
     learning rate; ``state.step`` advances and every scalar is added to ``state.sums``.
@@ -188,6 +189,7 @@ def run_steps(
     Args:
         seed: When given, the torch RNG is reseeded before every step with
             :func:`step_seed` ``(seed, rank, step)``.
+        on_step: Called after every step with the state and the step's scalars (progress reports).
 
     Returns:
         The last batch (for label-free health probes).
@@ -212,6 +214,8 @@ def run_steps(
         state.sums["steps"] = state.sums.get("steps", 0.0) + 1.0
         for k, v in out.items():
             state.sums[k] = state.sums.get(k, 0.0) + v
+        if on_step is not None:
+            on_step(state, out)
     return batch
 
 

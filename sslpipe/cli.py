@@ -82,28 +82,46 @@ def _run_flow(fn: Any, *args: Any) -> Any:
         _fail(str(exc))
 
 
+ForceOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--force",
+        "-f",
+        help="Run this stage again even if its inputs are unchanged (ingest: verify every shard; "
+        "pretrain: a new training run; evaluate). Repeatable.",
+    ),
+]
+ForceFlag = Annotated[bool, typer.Option("--force", "-f", help="Run the stage even if its result is cached.")]
+
+
 @app.command()
-def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Run the whole pipeline: ingest, pretrain, evaluate, register."""
+def run(config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = None) -> None:
+    """Run the whole pipeline: ingest, pretrain, evaluate, register (unchanged stages come from the cache)."""
+    from tasks.caching import check_force
+
+    try:
+        stages = list(check_force(force or []))
+    except _user_errors() as exc:
+        _fail(str(exc))
     cfg = _prepare(config, set_, check_data=True, ray=True)
     from flows.pipeline import pipeline
 
-    summary = _run_flow(pipeline, cfg)
+    summary = _run_flow(pipeline, cfg, stages)
     _print_summary(summary)
 
 
 @app.command()
-def ingest(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+def ingest(config: ConfigOpt = None, set_: SetOpt = None, force: ForceFlag = False) -> None:
     """Validate the source and write webdataset shards plus a manifest."""
     cfg = _prepare(config, set_, check_data=True, ray=False)
     from flows.pipeline import ingest_flow
 
-    record = _run_flow(ingest_flow, cfg)
+    record = _run_flow(ingest_flow, cfg, force)
     typer.echo(f"shards: {record.shard_folder}  samples: {record.samples}  rejected: {record.rejected}")
 
 
 @app.command()
-def pretrain(config: ConfigOpt = None, set_: SetOpt = None, from_: FromOpt = None) -> None:
+def pretrain(config: ConfigOpt = None, set_: SetOpt = None, from_: FromOpt = None, force: ForceFlag = False) -> None:
     """Pretrain on ingested shards with Ray Train (resumes the same run if it exists)."""
     cfg = _prepare(config, set_, check_data=False, ray=True)
     from flows.pipeline import pretrain_flow
@@ -111,12 +129,12 @@ def pretrain(config: ConfigOpt = None, set_: SetOpt = None, from_: FromOpt = Non
     from tasks.runtime import records_dir
 
     record = _run_flow(load_record, IngestRecord, from_ or records_dir(cfg) / "ingest.json")
-    out = _run_flow(pretrain_flow, cfg, record)
+    out = _run_flow(pretrain_flow, cfg, record, force)
     typer.echo(f"checkpoint: {out.checkpoint_path}  epochs: {out.epochs}  final loss: {out.final_loss:.4f}")
 
 
 @app.command()
-def evaluate(config: ConfigOpt = None, set_: SetOpt = None, from_: FromOpt = None) -> None:
+def evaluate(config: ConfigOpt = None, set_: SetOpt = None, from_: FromOpt = None, force: ForceFlag = False) -> None:
     """Evaluate a pretrained backbone (kNN) next to its random-init baseline."""
     cfg = _prepare(config, set_, check_data=False, ray=False)
     from flows.pipeline import evaluate_flow
@@ -124,7 +142,7 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, from_: FromOpt = Non
     from tasks.runtime import records_dir
 
     record = _run_flow(load_record, PretrainRecord, from_ or records_dir(cfg) / "pretrain.json")
-    out = _run_flow(evaluate_flow, cfg, record)
+    out = _run_flow(evaluate_flow, cfg, record, force)
     for key, value in out.metrics.items():
         typer.echo(f"{key:>24}  {value:.4f}")
 

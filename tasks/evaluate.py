@@ -22,6 +22,7 @@ from sslcore.methods import build_method
 from sslcore.plots import confusion_matrix, embedding_map, view_grid
 from sslcore.train import backbone_state_dict
 from tasks.errors import retry_unless_user_error
+from tasks.faults import inject
 from tasks.records import EvaluateRecord, PretrainRecord
 
 ENCODERS = ("ssl", "random_init", "pixels")
@@ -81,6 +82,7 @@ def _table(report: EvalReport) -> list[dict[str, object]]:
 )
 def evaluate(config: PipelineConfig, pretrain: PretrainRecord) -> EvaluateRecord:
     """kNN, linear probe, few-shot, health (and fine-tuning if configured) on every dataset."""
+    inject("evaluate")
     start = time.perf_counter()
     own = pretrain.ingest.shard_folder
     refs = [(d.name, d.path) for d in config.eval.datasets] or [(default_dataset_name(config), own)]

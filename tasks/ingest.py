@@ -15,6 +15,7 @@ from sslcore.data.ingest import IngestResult
 from sslcore.data.ingest import ingest as run_ingest
 from sslcore.storage import join
 from tasks.errors import retry_unless_user_error
+from tasks.faults import inject
 from tasks.records import IngestRecord
 
 
@@ -26,11 +27,15 @@ from tasks.records import IngestRecord
     cache_policy=NO_CACHE,
     tags=["sslpipe", "ingest"],
 )
-def ingest(config: PipelineConfig) -> IngestRecord:
-    """Write (or reuse) the shards for ``config.ingest``."""
+def ingest(config: PipelineConfig, verify: bool = False) -> IngestRecord:
+    """Write (or reuse) the shards for ``config.ingest``; ``verify`` (``--force ingest``) checks
+    every reused shard against its manifest hash and writes the output again if one differs."""
+    inject("ingest")
     start = time.perf_counter()
     with tqdm(desc="ingest", unit="img", mininterval=1.0) as bar:
-        result = run_ingest(config.ingest, config.shard_dir, progress=partial(_tick, bar), storage=config.storage)
+        result = run_ingest(
+            config.ingest, config.shard_dir, progress=partial(_tick, bar), storage=config.storage, verify=verify
+        )
     m = result.manifest
     record = IngestRecord(
         shard_folder=result.folder,

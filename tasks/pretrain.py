@@ -6,9 +6,10 @@ import hashlib
 import json
 import os
 import time
+import uuid
 
-from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect import runtime, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from sslcore.config import PipelineConfig
@@ -17,6 +18,7 @@ from sslcore.preflight import PreflightError, check_local_resources
 from sslcore.train import plan_steps
 from tasks import ray_train
 from tasks.errors import retry_unless_user_error
+from tasks.faults import inject
 from tasks.records import IngestRecord, PretrainRecord
 from tasks.runtime import ray_storage_path
 
@@ -41,8 +43,13 @@ def run_name_for(config: PipelineConfig, ingest: IngestRecord) -> str:
     cache_policy=NO_CACHE,
     tags=["sslpipe", "pretrain", "ray"],
 )
-def pretrain(config: PipelineConfig, ingest: IngestRecord) -> PretrainRecord:
-    """Train ``config.method`` on the ingested shards; resume the same run if it exists."""
+def pretrain(config: PipelineConfig, ingest: IngestRecord, fresh: bool = False) -> PretrainRecord:
+    """Train ``config.method`` on the ingested shards; resume the same run if it exists.
+
+    ``fresh`` starts a new Ray Train run instead (``--force pretrain``), named after this task run
+    so that the task's own retries still resume it.
+    """
+    inject("pretrain")
     start, started_at = time.perf_counter(), time.time()
     manifest = read_manifest(ingest.shard_folder, config.storage)
     plan_steps(config, manifest.split("train").samples)  # batch vs data size, before starting Ray
@@ -56,7 +63,11 @@ def pretrain(config: PipelineConfig, ingest: IngestRecord) -> PretrainRecord:
     if address:
         ray_train.check_shared_paths({"ingest.output": ingest.shard_folder, "ray.storage_path": storage_path})
     run_name = run_name_for(config, ingest)
-    outcome = ray_train.fit(config, ingest.shard_folder, storage_path, run_name)
+    if fresh:
+        run_name += f"-{str(runtime.task_run.id or uuid.uuid4().hex)[:8]}"
+    progress = TrainingProgress(run_name)
+    outcome = ray_train.fit(config, ingest.shard_folder, storage_path, run_name, progress=progress.update)
+    progress.finish(outcome.steps)
     history = outcome.history
     state = outcome.state
     record = PretrainRecord(
@@ -88,6 +99,33 @@ def pretrain(config: PipelineConfig, ingest: IngestRecord) -> PretrainRecord:
         ),
     )
     return record
+
+
+class TrainingProgress:
+    """A Prefect progress artifact, updated while the workers train (from a driver thread)."""
+
+    def __init__(self, run_name: str) -> None:
+        self.run_name = run_name
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key="pretrain-progress", description=f"Ray Train run {run_name}: starting"
+        )
+        self.total = 0
+
+    def update(self, message: dict[str, float]) -> None:
+        step, total = int(message["step"]), max(int(message["total"]), 1)
+        self.total = total
+        rate = message.get("steps_per_s", 0.0)
+        eta = f", about {(total - step) / rate / 60:.1f} min left" if rate > 0 else ""
+        update_progress_artifact(
+            self.artifact_id,
+            progress=100.0 * step / total,
+            description=f"Ray Train run {self.run_name}: step {step}/{total}, loss {message['loss']:.4f}{eta}",
+        )
+
+    def finish(self, steps: int) -> None:
+        update_progress_artifact(
+            self.artifact_id, progress=100.0, description=f"Ray Train run {self.run_name}: done, {steps} steps"
+        )
 
 
 def _startup(started_at: float, connected_at: float, worker: dict[str, float]) -> dict[str, float]:

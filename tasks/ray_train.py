@@ -3,6 +3,7 @@ GPU). Kept free of Prefect so that Ray workers import only what they need."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -11,9 +12,10 @@ import posixpath
 import re
 import socket
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,28 @@ def _newest_in_storage(loop_config: dict[str, Any], cfg: PipelineConfig, rank: i
     if dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(found, src=0)
     return found[0] if found[0] is not None else (None, -1)
+
+
+class _ProgressReporter:
+    """Rank 0's progress, at most every ``interval_s``, into a Ray queue the driver reads."""
+
+    def __init__(self, queue: Any, total: int, interval_s: float = 2.0) -> None:
+        self.queue, self.total, self.interval_s = queue, total, interval_s
+        self.last = 0.0
+        self.started, self.first_step = time.perf_counter(), None
+
+    def __call__(self, state: TrainState, out: dict[str, float]) -> None:
+        now = time.perf_counter()
+        if self.first_step is None:
+            self.first_step, self.started = state.step - 1, now
+        if now - self.last < self.interval_s and state.step < self.total:
+            return
+        self.last = now
+        steps = state.step - self.first_step
+        message = {"step": state.step, "total": self.total, "loss": out.get("loss", float("nan"))}
+        message["steps_per_s"] = (steps - 1) / (now - self.started) if steps > 1 and now > self.started else 0.0
+        with contextlib.suppress(Exception):  # progress is best effort; training never waits on it
+            self.queue.put_nowait(message)
 
 
 def _next_stop(step: int, plan: StepPlan, every: int | None) -> int:
@@ -204,6 +228,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     if cfg.train.knn_monitor_samples:
         samples_ = cfg.train.knn_monitor_samples
         monitor = KnnMonitor.from_shards(cfg, manifest, folder, samples_, cfg.storage, rank=rank, world=world)
+    queue = loop_config.get("progress_queue")
+    reporter = _ProgressReporter(queue, plan.total_steps) if rank == 0 and queue is not None else None
     epoch_wall, compute_s, epoch_first_step = time.perf_counter(), 0.0, state.step
     while state.step < plan.total_steps:
         start = time.perf_counter()
@@ -219,6 +245,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             seed=cfg.train.seed,
             rank=rank,
             channels_last=cuda and cfg.train.channels_last,
+            on_step=reporter,
         )
         compute_s += time.perf_counter() - start
         state.startup.setdefault("first_batch_at", counted.first_batch_at or time.time())
@@ -249,6 +276,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             if cfg.train.time_budget_s and state.planned_epochs is None:
                 state.planned_epochs = _epochs_in_budget(cfg, metrics["epoch_time_s"])
                 plan = plan_steps(cfg, samples, epochs=state.planned_epochs)
+                if reporter is not None:
+                    reporter.total = plan.total_steps
                 if rank == 0:
                     print(
                         f"time budget {cfg.train.time_budget_s:.0f} s at {metrics['epoch_time_s']:.1f} s per epoch: "
@@ -426,12 +455,51 @@ def prune_unregistered(storage_path: str, run_name: str, storage: StorageConfig,
     return [join(run_url, posixpath.basename(f)) for f in stale]
 
 
-def fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str) -> TrainOutcome:
+@contextlib.contextmanager
+def _progress_queue(progress: Callable[[dict[str, float]], None] | None) -> Iterator[Any]:
+    """A Ray queue that rank 0 fills with progress, and a driver thread passing it to ``progress``."""
+    if progress is None:
+        yield None
+        return
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(maxsize=64, actor_options={"num_cpus": 0})
+    done = threading.Event()
+
+    def pump() -> None:
+        while not done.is_set():
+            try:
+                message = queue.get(timeout=1.0)
+            except Empty:
+                continue
+            except Exception:  # the queue's actor is gone: nothing more will come
+                return
+            with contextlib.suppress(Exception):
+                progress(message)
+
+    thread = threading.Thread(target=pump, name="sslpipe-progress", daemon=True)
+    thread.start()
+    try:
+        yield queue
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        queue.shutdown()
+
+
+def fit(
+    cfg: PipelineConfig,
+    shard_folder: str,
+    storage_path: str,
+    run_name: str,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> TrainOutcome:
     """Run (or resume: same ``storage_path`` and ``run_name``) the distributed training.
 
     A run whose newest checkpoint already holds every planned step is not started again: its
     outcome is returned as it is. The config travels to the workers as the pydantic object itself
     (not JSON), so storage secrets arrive intact while every ``repr`` and dump still masks them.
+    ``progress`` receives ``{step, total, loss, steps_per_s}`` every few seconds while it trains.
     """
     plan = plan_steps(cfg, read_manifest(shard_folder, cfg.storage).split("train").samples)
     found = latest_checkpoint(storage_path, run_name, cfg.storage)
@@ -440,6 +508,22 @@ def fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str
     if found is not None and found[1].step >= plan.total_steps:
         print(f"{run_name} already finished ({found[1].step} steps): reusing {found[0]}", flush=True)
         return TrainOutcome(run_name=run_name, storage_path=storage_path, checkpoint_path=found[0], state=found[1])
+    with _progress_queue(progress) as queue:
+        result = _fit(cfg, shard_folder, storage_path, run_name, queue)
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name} finished without a checkpoint")
+    prune_unregistered(storage_path, run_name, cfg.storage, keep=cfg.ray.checkpoints_to_keep)
+    with result.checkpoint.as_directory() as d:
+        state = read_meta(Path(d))
+    return TrainOutcome(
+        run_name=run_name,
+        storage_path=storage_path,
+        checkpoint_path=_checkpoint_uri(storage_path, result.checkpoint.path),
+        state=state,
+    )
+
+
+def _fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str, queue: Any) -> Any:
     path, fs = ray_storage(storage_path, cfg.storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -448,6 +532,7 @@ def fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str
             "shard_folder": shard_folder,
             "storage_path": storage_path,
             "run_name": run_name,
+            "progress_queue": queue,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -464,15 +549,4 @@ def fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str
             logging_config=LoggingConfig(log_level="WARNING"),  # our one line per epoch instead
         ),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {run_name} finished without a checkpoint")
-    prune_unregistered(storage_path, run_name, cfg.storage, keep=cfg.ray.checkpoints_to_keep)
-    with result.checkpoint.as_directory() as d:
-        state = read_meta(Path(d))
-    return TrainOutcome(
-        run_name=run_name,
-        storage_path=storage_path,
-        checkpoint_path=_checkpoint_uri(storage_path, result.checkpoint.path),
-        state=state,
-    )
+    return trainer.fit()

@@ -36,6 +36,7 @@ from sslcore.plots import training_curves
 from sslcore.storage import filesystem
 from sslcore.train import backbone_state_dict
 from tasks.errors import retry_unless_user_error
+from tasks.faults import inject
 from tasks.model_card import model_card
 from tasks.records import EvaluateRecord, RegisterRecord
 from tasks.runtime import artifact_root, registry_errors, tracking_uri
@@ -198,6 +199,7 @@ def _log_run(config: PipelineConfig, evaluation: EvaluateRecord, experiment_id: 
 )
 def register(config: PipelineConfig, evaluation: EvaluateRecord) -> RegisterRecord:
     """Log the run, register the encoder and point ``config.mlflow.alias`` at it (once per training run)."""
+    inject("register")
     uri = tracking_uri(config)
     with registry_errors(uri):
         return _register(config, evaluation, uri)

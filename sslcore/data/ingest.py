@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import logging
 import multiprocessing
 import posixpath
 from collections import Counter, deque
@@ -34,11 +35,12 @@ from sslcore.data.sources import ImageSource, open_source
 from sslcore.data.worker import Job, Outcome, dumps_line, event, process_unit
 from sslcore.data.writer import SplitShardWriter
 from sslcore.resources import available_cpus
-from sslcore.storage import filesystem, join, put_atomic
+from sslcore.storage import filesystem, join, put_atomic, read_bytes
 
 REJECTS_NAME = "rejects.jsonl"
 DUPLICATES_NAME = "duplicates.jsonl"
 JOURNAL_DIR = "_journal"
+log = logging.getLogger(__name__)
 PARALLEL_MIN_INPUTS = 4096
 
 Progress = Callable[[int, int, int | None], None]  # (inputs done, rejected so far, total inputs or None)
@@ -170,6 +172,22 @@ def _ordered_results(jobs: list[Job], workers: int) -> Iterator[list[Outcome]]:
             yield result
 
 
+def damaged_shards(fs: AbstractFileSystem, folder: str, manifest: Manifest) -> list[str]:
+    """Names of the manifest's shards that are missing or whose size or sha256 differ."""
+    damaged = []
+    for split in manifest.splits.values():
+        for shard in split.shards:
+            path = posixpath.join(folder, shard.name)
+            try:
+                data = read_bytes(fs, path)
+            except FileNotFoundError:
+                damaged.append(shard.name)
+                continue
+            if len(data) != shard.bytes or hashlib.sha256(data).hexdigest() != shard.sha256:
+                damaged.append(shard.name)
+    return damaged
+
+
 def _expected_splits(cfg: IngestConfig, source_has_split: bool) -> set[str]:
     if cfg.split == "auto" and source_has_split:
         return {"train", "test"}
@@ -181,6 +199,7 @@ def ingest(
     shard_root: str,
     progress: Progress | None = None,
     storage: StorageConfig | None = None,
+    verify: bool = False,
 ) -> IngestResult:
     """Validate every input once and write shards and a manifest; reuse or resume earlier work.
 
@@ -189,6 +208,8 @@ def ingest(
         shard_root: Folder or ``s3://`` prefix under which the fingerprinted output folder goes.
         progress: Called as ``progress(inputs_done, rejected, total_or_None)`` as work completes.
         storage: Credentials and endpoint for ``s3://`` URLs.
+        verify: Before reusing a complete output, check every shard against the size and sha256
+            in its manifest; if any differs or is missing, write the output again.
 
     Raises:
         SourceError: the source is missing or empty.
@@ -203,9 +224,23 @@ def ingest(
     fs, folder = filesystem(folder_url, storage)
     folder = folder.rstrip("/")
     if fs.isfile(posixpath.join(folder, MANIFEST_NAME)):
+        manifest = read_manifest(folder_url, storage)
+        damaged = damaged_shards(fs, folder, manifest) if verify else []
+        if not damaged:
+            if fs.exists(posixpath.join(folder, JOURNAL_DIR)):
+                fs.rm(posixpath.join(folder, JOURNAL_DIR), recursive=True)
+            return IngestResult(manifest, folder_url, reused=True)
+        # The manifest goes first, so that no reader takes the folder for complete meanwhile; the
+        # shards are rewritten whole (the same inputs give the same bytes).
+        log.warning(
+            "%d shard(s) of %s differ from the manifest (%s): writing them again",
+            len(damaged),
+            folder_url,
+            ", ".join(damaged[:5]),
+        )
+        fs.rm(posixpath.join(folder, MANIFEST_NAME))
         if fs.exists(posixpath.join(folder, JOURNAL_DIR)):
             fs.rm(posixpath.join(folder, JOURNAL_DIR), recursive=True)
-        return IngestResult(read_manifest(folder_url, storage), folder_url, reused=True)
     run = _Run(cfg, source, storage, fs, folder, folder_url, fingerprint, source_fingerprint, progress)
     return run.execute()
 
