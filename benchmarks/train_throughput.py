@@ -540,22 +540,21 @@ def report(
     peak = peak_tflops(device)
     print(f"\nmedians of {args.repeats} runs; TFLOP/s = counted forward+backward FLOPs per image x img/s")
     print(
-        f"{'model':<30} {'variant':<20} {'img/s':>9} {'wall img/s':>11} {'TFLOP/s':>8} {'vs plain':>9}"
+        f"  {'variant':<20} {'img/s':>9} {'wall img/s':>11} {'TFLOP/s':>8} {'vs plain':>9}"
         + (f" {'of peak':>8}" if peak else "")
         + "   img/s of each run"
     )
     for name, variants in results.items():
-        label = f"{labels[name]} ({flops[name] / 1e9:.2f} GFLOP/img)"
+        print(f"{labels[name]}, {flops[name] / 1e9:.2f} GFLOP per image")
         base = median(variants["plain"], "images_per_s")
         for variant, rates in variants.items():
             rate = median(rates, "images_per_s")
             tflops = rate * flops[name] / 1e12
             wall = cell(median(rates, "wall_images_per_s"), ".1f")
-            line = f"{label:<30} {variant:<20} {rate:>9.1f} {wall:>11} {tflops:>8.3f} {rate / base:>8.2f}x"
+            line = f"  {variant:<20} {rate:>9.1f} {wall:>11} {tflops:>8.3f} {rate / base:>8.2f}x"
             if peak:
                 line += f" {100 * tflops / peak:>7.1f}%"
             print(line + "   " + ", ".join(f"{x.images_per_s:.1f}" for x in rates))
-            label = ""
     if device.type == "cuda":
         print(f"peak: {peak:.0f} TFLOP/s dense bf16 ({device_name(device)})" if peak else "peak unknown")
 

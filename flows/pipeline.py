@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from prefect import Task, flow, runtime
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from sslcore.config import PipelineConfig
 from sslcore.preflight import preflight
@@ -21,6 +21,7 @@ from tasks.caching import check_force, outputs_exist, stage_options
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.pretrain import pretrain
+from tasks.promote import champion_metrics
 from tasks.records import EvaluateRecord, IngestRecord, PretrainRecord, RegisterRecord, load_record
 from tasks.register import register
 from tasks.runtime import mlflow_ui_command, quiet_telemetry, records_dir
@@ -42,12 +43,17 @@ class RunSummary(BaseModel):
     flow_run_url: str | None
     stage_seconds: dict[str, float]
     samples: dict[str, int]
+    rejected: int = 0
+    duplicates: int = 0
     metrics: dict[str, float]
     headline: str
     baseline: str | None
     images_per_s: float
+    steps: int = 0
     registered: RegisterRecord
     mlflow_ui: str
+    champion: str | None = Field(None, description="The champion's version when the run ended, if any.")
+    champion_headline: float | None = None
 
 
 def _local_ray(config: PipelineConfig) -> bool:
@@ -103,12 +109,16 @@ def pipeline(
             "register": registered.duration_s,
         },
         samples=ingested.samples,
+        rejected=ingested.rejected,
+        duplicates=ingested.duplicates,
         metrics=evaluated.metrics,
         headline=evaluated.headline,
         baseline=evaluated.baseline,
         images_per_s=trained.images_per_s,
+        steps=trained.steps,
         registered=registered,
         mlflow_ui=mlflow_ui_command(config),
+        **_champion(config, evaluated.headline),
     )
     create_markdown_artifact(key="run-summary", markdown=summary_markdown(summary), description="sslpipe run")
     return summary
@@ -120,15 +130,65 @@ def _ui_url() -> str | None:
     return url if url and url.startswith("http") else None
 
 
+def _champion(config: PipelineConfig, headline: str) -> dict[str, Any]:
+    """The champion to read this run against (the promotion flow decides; this only informs)."""
+    try:
+        found = champion_metrics(config)
+    except Exception as exc:  # the summary must not fail a run whose stages all succeeded
+        print(f"could not read the champion for the summary: {exc}")
+        return {}
+    if found is None:
+        return {}
+    version, metrics = found
+    return {"champion": version, "champion_headline": metrics.get(headline)}
+
+
+def results_table(metrics: dict[str, float]) -> str:
+    """Markdown: one row per dataset and protocol, one column per encoder (ssl next to its baselines)."""
+    cells: dict[tuple[str, str], dict[str, float]] = {}
+    encoders: list[str] = []
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) != 3:
+            continue
+        dataset, encoder, protocol = parts
+        cells.setdefault((dataset, protocol), {})[encoder] = value
+        if encoder not in encoders:
+            encoders.append(encoder)
+    encoders.sort(key=lambda e: (e != "ssl", e))
+    head = "| dataset | metric | " + " | ".join(encoders) + " |\n|---|---|" + "---|" * len(encoders) + "\n"
+    rows = "".join(
+        f"| {d} | {p} | " + " | ".join(f"{row[e]:.4f}" if e in row else "" for e in encoders) + " |\n"
+        for (d, p), row in sorted(cells.items())
+    )
+    return head + rows
+
+
 def summary_markdown(s: RunSummary) -> str:
     rows = "".join(f"| {k} | {v:.1f} s |\n" for k, v in s.stage_seconds.items())
     m = s.metrics
     base = f" vs random init {m[s.baseline]:.4f}" if s.baseline else ""
+    if s.champion is None:
+        decision = (
+            "There is no champion yet: run the promotion (`sslpipe promote`, deployment `sslpipe-promote/promote`)."
+        )
+    else:
+        theirs = f"{s.champion_headline:.4f}" if s.champion_headline is not None else "not logged"
+        decision = (
+            f"Champion: version {s.champion}, `{s.headline}` {theirs}. The promotion flow "
+            f"(`sslpipe promote`) decides whether this candidate replaces it."
+        )
+    link = f"[Prefect flow run]({s.flow_run_url}) · " if s.flow_run_url else ""
     return (
-        "## sslpipe run\n\n| stage | time |\n|---|---|\n" + rows + "\n"
-        f"`{s.headline}` **{m[s.headline]:.4f}**{base}.\n\n"
-        f"Registered `{s.registered.model_uri}` = version {s.registered.version}, "
-        f"MLflow run `{s.registered.run_id}`.\n\nOpen MLflow: `{s.mlflow_ui}`\n"
+        "## sslpipe run\n\n"
+        f"**Data**: {sum(s.samples.values())} images ({', '.join(f'{k} {v}' for k, v in s.samples.items())}), "
+        f"{s.rejected} rejected, {s.duplicates} duplicates dropped.\n\n"
+        f"**Training**: {s.steps} steps at {s.images_per_s:.0f} images/s.\n\n"
+        "| stage | time |\n|---|---|\n" + rows + "\n"
+        f"`{s.headline}` **{m[s.headline]:.4f}**{base}.\n\n" + results_table(m) + "\n"
+        f"**Registered** `{s.registered.model_uri}` = version {s.registered.version}, "
+        f"MLflow run `{s.registered.run_id}`{' (already registered by an earlier run)' if s.registered.reused else ''}."
+        f"\n\n**Promotion**: {decision}\n\n{link}MLflow: `{s.mlflow_ui}`\n"
     )
 
 

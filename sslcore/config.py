@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -322,6 +323,18 @@ class PromotionConfig(StrictModel):
 
 
 STAGES = ("ingest", "pretrain", "evaluate", "register")
+CACHED_STAGES = ("ingest", "pretrain", "evaluate")  # register reconciles with MLflow on every run
+
+
+def check_force(force: Iterable[str]) -> tuple[str, ...]:
+    """Validate the stage names given to ``--force`` (only cached stages can be forced)."""
+    names = tuple(force)
+    for name in names:
+        if name == "register":
+            raise ConfigError("--force register: registration is never cached; every run reconciles it with MLflow")
+        if name not in CACHED_STAGES:
+            raise ConfigError(f"--force {name}: not a stage; choose from {', '.join(CACHED_STAGES)}")
+    return names
 
 
 # Field names are the stage names; "register" shadows ABCMeta.register on the class, harmlessly.

@@ -97,11 +97,11 @@ ForceFlag = Annotated[bool, typer.Option("--force", "-f", help="Run the stage ev
 @app.command()
 def run(config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = None) -> None:
     """Run the whole pipeline: ingest, pretrain, evaluate, register (unchanged stages come from the cache)."""
-    from tasks.caching import check_force
+    from sslcore.config import ConfigError, check_force
 
     try:
         stages = list(check_force(force or []))
-    except _user_errors() as exc:
+    except ConfigError as exc:
         _fail(str(exc))
     cfg = _prepare(config, set_, check_data=True, ray=True)
     from flows.pipeline import pipeline

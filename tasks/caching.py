@@ -31,7 +31,7 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 
-from sslcore.config import ConfigError, PipelineConfig
+from sslcore.config import CACHED_STAGES, PipelineConfig, check_force
 from sslcore.data.ingest import ingest_fingerprint
 from sslcore.data.sources import open_source
 from sslcore.storage import filesystem, is_remote, join, storage_options
@@ -79,7 +79,8 @@ def evaluate_key(config: PipelineConfig, trained: PretrainRecord) -> str:
 
 
 KEYS: dict[str, Callable[..., str]] = {"ingest": ingest_key, "pretrain": pretrain_key, "evaluate": evaluate_key}
-CACHED_STAGES = tuple(KEYS)
+assert tuple(KEYS) == CACHED_STAGES
+__all__ = ["CACHED_STAGES", "check_force", "code_version", "outputs_exist", "result_storage", "stage_options"]
 
 
 @dataclass
@@ -120,17 +121,6 @@ def result_storage(config: PipelineConfig) -> Path | WritableFileSystem:
     private._block_document_id = saved._block_document_id  # the saved, credential-free document
     private._block_document_name = saved._block_document_name
     return private
-
-
-def check_force(force: Iterable[str]) -> tuple[str, ...]:
-    """Validate stage names given to ``--force``."""
-    names = tuple(force)
-    for name in names:
-        if name == "register":
-            raise ConfigError("--force register: registration is never cached; every run reconciles it with MLflow")
-        if name not in CACHED_STAGES:
-            raise ConfigError(f"--force {name}: not a stage; choose from {', '.join(CACHED_STAGES)}")
-    return names
 
 
 def stage_options(config: PipelineConfig, stage: str, force: Iterable[str] = ()) -> dict[str, Any]:

@@ -100,6 +100,15 @@ def _metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
     return dict(client.get_run(version.run_id).data.metrics)
 
 
+def champion_metrics(config: PipelineConfig) -> tuple[str, dict[str, float]] | None:
+    """The current champion's version and its logged metrics, if there is a champion."""
+    uri = tracking_uri(config)
+    with registry_errors(uri):
+        client = MlflowClient(uri)
+        champion = _alias(client, config.mlflow.model_name, config.promotion.champion_alias)
+        return None if champion is None else (str(champion.version), _metrics(client, champion))
+
+
 def _reevaluate(
     client: MlflowClient, config: PipelineConfig, version: ModelVersion, data: list[list[str]]
 ) -> dict[str, float]:

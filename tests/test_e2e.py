@@ -1,71 +1,268 @@
-"""The whole pipeline on digits against real services: Prefect's test server, a local Ray with two
-workers, MLflow on SQLite. Tiny budget: the point is that every stage really runs and connects."""
+"""The whole product as its users run it: a real ``prefect server start`` (SQLite), ``sslpipe serve``
+registering the deployments and executing their runs, pipeline runs triggered through the Prefect
+API with non-default parameters (as the UI's "custom run" does), a local Ray with two workers and
+MLflow on SQLite.
+
+Three runs of the same parameters:
+  A. evaluation fails on every attempt (injected): the run fails after Prefect's retry.
+  B. evaluation fails on its first attempt only: ingest and pretrain come from the cache (the run
+     resumes at stage 3), Prefect retries evaluation and the run completes.
+  C. nothing injected: every cached stage is reused; registration finds B's model version.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_sslpipe
+from conftest import SSLPIPE, free_port, run_sslpipe
 
 pytestmark = pytest.mark.slow
 
+PARAMETERS = [
+    "train.epochs=2",
+    "train.max_steps_per_epoch=2",
+    "train.batch_size=64",
+    "eval.fewshot_shots=[5]",
+    "eval.fewshot_seeds=1",
+    "flow.retries.evaluate=1",
+    "flow.retry_delay_s=1",
+]
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+class Served:
+    """A Prefect server and ``sslpipe serve`` with their API URL, logs and work directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.work = root / "work"
+        self.faults = root / "faults.json"
+        self.api = f"http://127.0.0.1:{free_port()}/api"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING", "RAY_ADDRESS"))}
+        env.update(
+            PREFECT_HOME=str(self.root / "prefect-home"),
+            PREFECT_API_URL=self.api,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            RAY_USAGE_STATS_ENABLED="0",
+            PYTHONUNBUFFERED="1",
+            SSLPIPE_FAULTS=str(self.faults),
+        )
+        return env
+
+    def start(self) -> None:
+        port = self.api.rsplit(":", 1)[1].split("/")[0]
+        server_log = self.root / "server.log"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", port],
+            cwd=self.root, env=self.env(), stdout=server_log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.procs.append(server)
+        _wait_http(f"{self.api}/health", server, server_log)
+        serve_log = self.root / "serve.log"
+        serve = subprocess.Popen(
+            [str(SSLPIPE), "serve", "--cron", "none", "--set", f"work_dir={self.work}"],
+            cwd=self.root, env=self.env(), stdout=serve_log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.procs.append(serve)
+        self.call(self._wait_for_deployments, serve, serve_log)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _stop(proc)
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` against this server (not the session's Prefect test harness)."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.api}):
+            return fn(*args)
+
+    @staticmethod
+    def _wait_for_deployments(serve: subprocess.Popen[bytes], log: Path) -> None:
+        import time
+
+        from prefect.client.orchestration import get_client
+
+        deadline = time.monotonic() + 180
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                if serve.poll() is not None:
+                    raise RuntimeError(f"sslpipe serve exited with {serve.returncode}:\n{log.read_text()[-3000:]}")
+                with contextlib.suppress(Exception):
+                    names = {d.name for d in client.read_deployments()}
+                    if {"nightly", "promote", "ingest", "pretrain", "evaluate", "register"} <= names:
+                        return
+                time.sleep(1)
+        raise TimeoutError(f"sslpipe serve registered no deployments:\n{log.read_text()[-3000:]}")
+
+    def run_pipeline(self, faults: dict[str, str], parameters: dict[str, Any]) -> Any:
+        from prefect.deployments import run_deployment
+
+        self.faults.write_text(json.dumps(faults))
+        return self.call(lambda: run_deployment("sslpipe/nightly", parameters=parameters, timeout=600))
+
+    def task_runs(self, flow_run_id: Any) -> dict[str, Any]:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        def read() -> dict[str, Any]:
+            with get_client(sync_client=True) as client:
+                runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {r.name.rsplit("-", 1)[0]: r for r in runs}
+
+        return self.call(read)
+
+    def artifacts(self, flow_run_id: Any) -> dict[str, Any]:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        def read() -> dict[str, Any]:
+            with get_client(sync_client=True) as client:
+                found = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+                )
+            return {a.key: a for a in found}
+
+        return self.call(read)
+
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, prefect_server, local_ray):
-    from flows.pipeline import pipeline
+def served(tmp_path_factory):
+    s = Served(tmp_path_factory.mktemp("served"))
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def runs(served: Served) -> dict[str, Any]:
     from sslcore.config import load_config
 
-    work = tmp_path_factory.mktemp("e2e")
-    cfg = load_config(
-        None,
-        [f"work_dir={work}", "train.epochs=2", "train.max_steps_per_epoch=2", "train.batch_size=64"],
-    )
-    summary = pipeline(config=cfg)
-    return cfg, summary
+    config = load_config(None, [f"work_dir={served.work}", *PARAMETERS]).model_dump(mode="json")
+    parameters = {"config": config}
+    return {
+        "config": config,
+        "A": served.run_pipeline({"evaluate": "always"}, parameters),
+        "B": served.run_pipeline({"evaluate": "first_attempt"}, parameters),
+        "C": served.run_pipeline({}, parameters),
+    }
 
 
-def test_shards_hold_every_digit(pipeline_run) -> None:
-    cfg, summary = pipeline_run
-    assert sum(summary.samples.values()) == 1797
-    record = json.loads((cfg.work_path / "records" / "ingest.json").read_text())
+def _records(served: Served) -> dict[str, dict[str, Any]]:
+    folder = served.work / "records"
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+
+
+def test_runs_use_the_parameters_given_through_the_api(served: Served, runs) -> None:
+    for name in "ABC":
+        assert runs[name].parameters["config"]["train"]["max_steps_per_epoch"] == 2
+    pretrain = _records(served)["pretrain"]
+    assert pretrain["epochs"] == 2 and pretrain["steps"] == 4, "training ran with the run's parameters"
+
+
+def test_a_stage_failing_beyond_its_retries_fails_the_run(served: Served, runs) -> None:
+    assert runs["A"].state.is_failed()
+    tasks = served.task_runs(runs["A"].id)
+    assert tasks["ingest"].state.is_completed() and tasks["pretrain"].state.is_completed()
+    assert tasks["evaluate"].state.is_failed()
+    assert tasks["evaluate"].run_count == 2, "one retry (flow.retries.evaluate=1), then the run failed"
+    assert "register" not in tasks
+
+
+def test_rerun_resumes_at_the_failed_stage_and_prefect_retries_it(served: Served, runs) -> None:
+    assert runs["B"].state.is_completed(), runs["B"].state
+    tasks = served.task_runs(runs["B"].id)
+    assert tasks["ingest"].state.name == "Cached" and tasks["pretrain"].state.name == "Cached"
+    assert tasks["evaluate"].state.name == "Completed" and tasks["evaluate"].run_count == 2, "retried once"
+    assert tasks["register"].state.is_completed()
+
+
+def test_identical_run_is_served_from_the_cache(served: Served, runs) -> None:
+    assert runs["C"].state.is_completed()
+    tasks = served.task_runs(runs["C"].id)
+    assert {k: t.state.name for k, t in tasks.items()} == {
+        "ingest": "Cached", "pretrain": "Cached", "evaluate": "Cached", "register": "Completed",
+    }  # fmt: skip
+    registered = _records(served)["register"]
+    assert registered["reused"] is True, "the model version of run B, not a second one"
+
+
+def test_run_artifacts(served: Served, runs) -> None:
+    first = served.artifacts(runs["A"].id)
+    assert {"ingest-summary", "pretrain-summary", "pretrain-progress"} <= set(first)
+    progress = first["pretrain-progress"]
+    assert progress.type == "progress" and progress.data == 100.0
+    assert "done, 4 steps" in (progress.description or "")
+    summary = served.artifacts(runs["B"].id)["run-summary"]
+    registered = _records(served)["register"]
+    assert registered["run_id"] in summary.data and f"version {registered['version']}" in summary.data
+
+
+def test_invalid_parameters_are_rejected_before_a_run_starts(served: Served, runs) -> None:
+    from prefect.deployments import run_deployment
+
+    bad = json.loads(json.dumps(runs["config"]))
+    bad["train"]["batch_size"] = -64
+    with pytest.raises(Exception, match=r"batch_size|validation|schema") as info:
+        served.call(lambda: run_deployment("sslpipe/nightly", parameters={"config": bad}, timeout=0))
+    assert "-64" in str(info.value) or "greater than 0" in str(info.value)
+
+
+def test_shards_hold_every_digit(served: Served, runs) -> None:
+    record = _records(served)["ingest"]
     manifest = json.loads(Path(record["manifest_path"]).read_text())
-    shard_total = sum(s["samples"] for split in manifest["splits"].values() for s in split["shards"])
-    assert shard_total == 1797
+    assert sum(s["samples"] for split in manifest["splits"].values() for s in split["shards"]) == 1797
     assert set(manifest["splits"]) == {"train", "test"}
     for split in manifest["splits"].values():
         for shard in split["shards"]:
             assert (Path(record["shard_folder"]) / shard["name"]).stat().st_size == shard["bytes"]
 
 
-def test_flow_and_every_task_run_completed(pipeline_run) -> None:
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    _, summary = pipeline_run
-
-    async def read():
-        async with get_client() as client:
-            flow_run = await client.read_flow_run(summary.flow_run_id)
-            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-            return flow_run, tasks
-
-    flow_run, task_runs = run_coro_as_sync(read())
-    assert flow_run.state is not None and flow_run.state.is_completed()
-    names = sorted(t.name.rsplit("-", 1)[0] for t in task_runs)
-    assert names == ["evaluate", "ingest", "pretrain", "register"]
-    assert all(t.state is not None and t.state.is_completed() for t in task_runs)
-
-
-def test_training_ran_on_two_ray_workers_and_checkpointed(pipeline_run) -> None:
-    cfg, _ = pipeline_run
-    record = json.loads((cfg.work_path / "records" / "pretrain.json").read_text())
-    assert record["epochs"] == 2 and record["steps"] == 4
+def test_training_ran_on_two_ray_workers_and_checkpointed(served: Served, runs) -> None:
+    record = _records(served)["pretrain"]
     assert all(np.isfinite(h["loss"]) and h["images_per_s"] > 0 for h in record["history"])
     checkpoints = sorted(p.name for p in Path(record["storage_path"], record["run_name"]).glob("step-*"))
     assert checkpoints == ["step-00000002", "step-00000004"]  # one per epoch of 2 steps
@@ -73,23 +270,24 @@ def test_training_ran_on_two_ray_workers_and_checkpointed(pipeline_run) -> None:
     assert all(0.0 <= h["knn_top1"] <= 1.0 for h in record["history"]), "the kNN monitor runs by default"
 
 
-def test_model_version_with_candidate_alias(pipeline_run) -> None:
+def test_model_version_with_candidate_alias(served: Served, runs) -> None:
     from mlflow.tracking import MlflowClient
 
-    _, summary = pipeline_run
-    reg = summary.registered
-    client = MlflowClient(reg.tracking_uri)
-    version = client.get_model_version_by_alias(reg.model_name, "candidate")
-    assert str(version.version) == reg.version
-    assert version.tags["sslpipe.prefect_flow_run_id"] == summary.flow_run_id
+    reg, evaluated = _records(served)["register"], _records(served)["evaluate"]
+    client = MlflowClient(reg["tracking_uri"])
+    version = client.get_model_version_by_alias(reg["model_name"], "candidate")
+    assert str(version.version) == reg["version"]
+    assert len(client.search_model_versions(f"name='{reg['model_name']}'")) == 1, "one version for three runs"
+    assert version.tags["sslpipe.prefect_flow_run_id"] == str(runs["B"].id)
     assert len(version.tags["sslpipe.manifest_fingerprint"]) == 64
-    run = client.get_run(reg.run_id)
+    run = client.get_run(reg["run_id"])
     assert run.data.params["train.epochs"] == "2"
-    assert summary.headline == "digits/ssl/knn_k20_top1"
-    assert summary.baseline == "digits/random_init/knn_k20_top1"
-    for key in (summary.headline, summary.baseline, "digits/ssl/linear_top1", "digits/pixels/knn_k20_top1"):
-        assert run.data.metrics[key] == pytest.approx(summary.metrics[key])
-    artifacts = {f.path for f in client.list_artifacts(reg.run_id, "plots")}
+    assert evaluated["headline"] == "digits/ssl/knn_k20_top1"
+    assert evaluated["baseline"] == "digits/random_init/knn_k20_top1"
+    metrics = evaluated["metrics"]
+    for key in (evaluated["headline"], evaluated["baseline"], "digits/ssl/linear_top1", "digits/pixels/knn_k20_top1"):
+        assert run.data.metrics[key] == pytest.approx(metrics[key])
+    artifacts = {f.path for f in client.list_artifacts(reg["run_id"], "plots")}
     assert {"plots/training_curves.png", "plots/digits_tsne.png", "plots/digits_confusion.png",
             "plots/augmented_views.png"} <= artifacts  # fmt: skip
 
@@ -101,12 +299,12 @@ def _digits(n: int) -> np.ndarray:
     return np.round(images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # (n, 8, 8, 1)
 
 
-def test_pyfunc_embeds_uint8_images(pipeline_run) -> None:
+def test_pyfunc_embeds_uint8_images(served: Served, runs) -> None:
     import mlflow
 
-    _, summary = pipeline_run
-    mlflow.set_tracking_uri(summary.registered.tracking_uri)
-    model = mlflow.pyfunc.load_model(summary.registered.model_uri)
+    reg = _records(served)["register"]
+    mlflow.set_tracking_uri(reg["tracking_uri"])
+    model = mlflow.pyfunc.load_model(reg["model_uri"])
     gray = model.predict(_digits(5))
     assert gray.shape == (5, 512) and gray.dtype == np.float32 and np.isfinite(gray).all()
     rgb = model.predict(np.repeat(_digits(5), 3, axis=-1))
@@ -115,21 +313,21 @@ def test_pyfunc_embeds_uint8_images(pipeline_run) -> None:
     assert odd.shape == (3, 512)
 
 
-def test_embed_command_writes_npy(pipeline_run, tmp_path: Path) -> None:
+def test_embed_command_writes_npy(served: Served, runs, tmp_path: Path) -> None:
     import mlflow
 
-    cfg, summary = pipeline_run
+    reg = _records(served)["register"]
     paths = []
     for i, image in enumerate(_digits(4)):
         paths.append(tmp_path / f"digit{i}.png")
         Image.fromarray(image[..., 0], mode="L").save(paths[-1])
     out = tmp_path / "emb.npy"
     result = run_sslpipe(
-        "embed", "--model", summary.registered.model_uri, "--set", f"work_dir={cfg.work_dir}",
+        "embed", "--model", reg["model_uri"], "--set", f"work_dir={served.work}",
         "-o", str(out), *map(str, paths), cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     emb = np.load(out)
-    mlflow.set_tracking_uri(summary.registered.tracking_uri)
-    expected = mlflow.pyfunc.load_model(summary.registered.model_uri).predict(_digits(4))
+    mlflow.set_tracking_uri(reg["tracking_uri"])
+    expected = mlflow.pyfunc.load_model(reg["model_uri"]).predict(_digits(4))
     np.testing.assert_allclose(emb, expected, rtol=1e-5, atol=1e-5)
