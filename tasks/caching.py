@@ -92,9 +92,8 @@ class StageInputs(CachePolicy):
     def compute_key(
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str | None:
-        fn = KEYS[self.stage]
-        names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
-        return fn(*(inputs[name] for name in names))
+        fn = KEYS[self.stage]  # takes the task's leading arguments (config, upstream record), in order
+        return fn(*list(inputs.values())[: fn.__code__.co_argcount])
 
 
 SECRET_OPTIONS = ("key", "secret", "token")
@@ -134,7 +133,7 @@ def stage_options(config: PipelineConfig, stage: str, force: Iterable[str] = ())
     if stage not in KEYS or not config.flow.cache:
         return options | {"cache_policy": NO_CACHE}
     return options | {
-        "cache_policy": StageInputs(stage),
+        "cache_policy": StageInputs(stage=stage),
         "persist_result": True,
         "result_storage": result_storage(config),
         "result_serializer": "json",

@@ -123,6 +123,9 @@ def test_stage_options_follow_the_config() -> None:
     assert options["retries"] == 3 and options["retry_delay_seconds"] == [2, 4, 8]
     assert options["timeout_seconds"] == 60 and options["refresh_cache"] is True
     assert options["result_serializer"] == "json"
+    for stage in ("ingest", "pretrain", "evaluate"):
+        policy = caching.stage_options(cfg, stage)["cache_policy"]
+        assert policy.stage == stage and policy.key_storage is None, "keys beside the results, not in the cwd"
     assert caching.stage_options(cfg, "register")["cache_policy"] is NO_CACHE, "register reconciles with MLflow"
     off = load_config(None, ["flow.cache=false"])
     assert caching.stage_options(off, "ingest")["cache_policy"] is NO_CACHE
@@ -136,3 +139,24 @@ def test_force_names_a_cached_stage(tmp_path: Path, stage: str, message: str) ->
     assert result.returncode == 2
     assert message in result.stderr
     assert not (tmp_path / "shards").exists(), "nothing ran"
+
+
+def test_every_cached_stage_keys_on_its_own_task_arguments(tmp_path: Path) -> None:
+    """The policy reads the task's arguments as Prefect passes them (by the task's parameter names)."""
+    import inspect
+
+    from flows.pipeline import STAGE_TASKS
+    from tasks.records import IngestRecord, PretrainRecord
+
+    cfg = load_config(None, [f"work_dir={tmp_path}"])
+    ingested = IngestRecord.model_construct(fingerprint="f" * 64)
+    trained = PretrainRecord.model_construct(checkpoint_path=str(tmp_path / "step-00000004"), steps=4)
+    upstream = {"ingest": (), "pretrain": (ingested,), "evaluate": (trained,)}
+    keys = set()
+    for stage, args in upstream.items():
+        names = list(inspect.signature(STAGE_TASKS[stage].fn).parameters)
+        inputs = dict(zip(names, (cfg, *args), strict=False))
+        key = caching.stage_options(cfg, stage)["cache_policy"].compute_key(None, inputs, {})
+        assert key is not None and key.startswith(f"{stage}-")
+        keys.add(key)
+    assert len(keys) == 3
