@@ -48,6 +48,9 @@ DEFAULTS = [
     "ray.num_workers=1",
     "ray.cpus_per_worker=2",
     "train.loader_workers=1",
+    # Views made batched in the training process; the loader process only decodes and resizes. On
+    # 2 cores this frees the core a per-image PIL pipeline would take (docs/training.md).
+    "augment.on_device=true",
     "eval.fewshot_shots=[10]",
     "eval.fewshot_seeds=2",
     "eval.plots=false",

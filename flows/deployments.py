@@ -31,6 +31,9 @@ class DeploymentSpec:
     cron: str | None
     description: str
     tags: tuple[str, ...]
+    # One flow run of a deployment at a time; a run started meanwhile (a schedule firing while the
+    # last run still goes, a second click in the UI) waits in the queue instead of racing it.
+    concurrency_limit: int = 1
 
     @property
     def entrypoint(self) -> str:
@@ -97,6 +100,7 @@ def baked_parameters(config: PipelineConfig) -> dict[str, Any]:
 
 def runner_deployments(specs: list[DeploymentSpec], config: PipelineConfig) -> list[RunnerDeployment]:
     """The specs as deployments for ``prefect.serve``, each with ``config`` as its default parameter."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
     parameters = baked_parameters(config)
@@ -109,6 +113,9 @@ def runner_deployments(specs: list[DeploymentSpec], config: PipelineConfig) -> l
                 parameters=parameters,
                 description=spec.description,
                 tags=list(spec.tags),
+                concurrency_limit=ConcurrencyLimitConfig(
+                    limit=spec.concurrency_limit, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+                ),
             ),
         )
         for spec in specs

@@ -31,6 +31,7 @@ from conftest import SSLPIPE, free_port, run_sslpipe
 
 pytestmark = pytest.mark.slow
 
+SENTINELS = ("AKIASENTINEL7Q2X", "sentinel-aws-secret-9d8c7b", "sentinel-mlflow-token-4e5f")
 PARAMETERS = [
     "train.epochs=2",
     "train.max_steps_per_epoch=2",
@@ -87,6 +88,10 @@ class Served:
             PYTHONUNBUFFERED="1",
             SSLPIPE_FAULTS=str(self.faults),
             PREFECT_RUNNER_POLL_FREQUENCY="1",  # serve picks up a new run within a second (default 10 s)
+            # Credentials a real deployment would hold; nothing here uses them, nothing may show them.
+            AWS_ACCESS_KEY_ID=SENTINELS[0],
+            AWS_SECRET_ACCESS_KEY=SENTINELS[1],
+            MLFLOW_TRACKING_TOKEN=SENTINELS[2],
         )
         return env
 
@@ -323,3 +328,22 @@ def test_embed_command_writes_npy(served: Served, runs, tmp_path: Path) -> None:
     mlflow.set_tracking_uri(reg["tracking_uri"])
     expected = mlflow.pyfunc.load_model(reg["model_uri"]).predict(_digits(4))
     np.testing.assert_allclose(emb, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_secrets_never_reach_logs_records_artifacts_or_mlflow(served: Served, runs) -> None:
+    from mlflow.tracking import MlflowClient
+
+    texts = {str(p): p.read_bytes() for p in served.root.rglob("*") if p.is_file() and p.stat().st_size < 20_000_000}
+    assert any(name.endswith("serve.log") for name in texts) and any("mlflow.db" in name for name in texts)
+    for name in "AB":
+        texts[f"run {name} parameters"] = json.dumps(runs[name].parameters).encode()
+        for key, artifact in served.artifacts(runs[name].id).items():
+            texts[f"artifact {key}"] = f"{artifact.data} {artifact.description}".encode()
+    reg = _records(served)["register"]
+    client = MlflowClient(reg["tracking_uri"])
+    run = client.get_run(reg["run_id"])
+    version = client.get_model_version(reg["model_name"], reg["version"])
+    texts["mlflow run"] = json.dumps([run.data.params, run.data.tags, version.tags]).encode()
+    for sentinel in SENTINELS:
+        leaks = [name for name, data in texts.items() if sentinel.encode() in data]
+        assert not leaks, f"{sentinel} found in {leaks}"

@@ -185,6 +185,8 @@ def test_prefect_yaml_declares_the_served_deployments() -> None:
         assert deployment["description"] == spec.description, f"{name}: description differs from the spec"
         assert tuple(deployment["tags"]) == spec.tags, name
         assert deployment["work_pool"]["name"] == _work_pools()["process"]["name"] == "sslpipe-process", name
+        limit = deployment["concurrency_limit"]
+        assert limit == {"limit": spec.concurrency_limit, "collision_strategy": "ENQUEUE"}, name
 
 
 def test_prefect_yaml_parameters_are_parameters_of_the_flows() -> None:
@@ -231,6 +233,8 @@ def test_serve_builds_the_deployments_offline(monkeypatch: pytest.MonkeyPatch) -
         assert deployment.schedules == [], "--cron none must leave every deployment unscheduled"
         assert set(deployment.parameters) <= set(spec.flow.parameters.properties)
         assert PipelineConfig.model_validate(deployment.parameters["config"]) == config
+        assert deployment.concurrency_limit == 1 and deployment.concurrency_options is not None
+        assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
     (nightly,) = [d for d in runner_deployments(deployment_specs(), config) if d.name == "nightly"]
     (schedule,) = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == (NIGHTLY_CRON, TIMEZONE)
