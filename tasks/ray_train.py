@@ -37,6 +37,7 @@ from sslcore.device_augment import AugmentedBatches, decode_for_device, device_v
 from sslcore.health import backbone_health, collapse_warning
 from sslcore.methods import as_method, build_method
 from sslcore.monitor import KnnMonitor
+from sslcore.preflight import PreflightError
 from sslcore.schedules import StepPlan
 from sslcore.storage import filesystem, is_remote, join, local_folder
 from sslcore.train import (
@@ -378,8 +379,8 @@ def _read_marker(path: str) -> tuple[str, str | None]:
         return ray.get_runtime_context().get_node_id(), None
 
 
-class StorageNotSharedError(RuntimeError):
-    """A local path that some node of the Ray cluster cannot see."""
+class StorageNotSharedError(PreflightError):
+    """A local path that some node of the Ray cluster cannot see (a configuration error: not retried)."""
 
 
 def check_shared_paths(paths: dict[str, str]) -> None:

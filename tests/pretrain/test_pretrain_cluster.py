@@ -93,3 +93,22 @@ def test_pretrain_by_address_runs_workers_on_both_nodes(tmp_path: Path, two_node
     nodes = {w["node_id"] for w in record.workers}
     assert len(nodes) == 2, f"both workers ran on one node: {record.workers}"
     assert set(record.startup) >= {"ray_connect_s", "worker_group_s", "first_batch_s", "total_s"}
+
+    # A third node in its own mount namespace, where the test's folder is an empty tmpfs: it cannot
+    # see the shards or the checkpoints, and the stage must say so before any work starts.
+    blind = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'mount -t tmpfs none "{tmp_path}" && exec "{RAY}" start --address={address} --node-ip-address=127.0.0.1 '
+         f"--num-cpus=1 --disable-usage-stats --dashboard-agent-listen-port={free_port()}"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if blind.returncode != 0 and "mount" in blind.stderr + blind.stdout:
+        pytest.skip(f"no private mount namespaces here ({blind.stderr.strip()[:200]})")
+    assert blind.returncode == 0, blind.stderr[-2000:]
+    refused = subprocess.run(
+        [str(SSLPIPE), "pretrain", *args], cwd=tmp_path, env={**env, "RAY_ADDRESS": address},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert refused.returncode == 2, (refused.stdout + refused.stderr)[-4000:]
+    assert "is a local path that Ray node(s) 127.0.0.1 cannot see" in refused.stderr
+    assert "use an s3:// URL" in refused.stderr
