@@ -105,8 +105,8 @@ def test_pretrain_by_address_runs_workers_on_both_nodes(tmp_path: Path, two_node
     if blind.returncode != 0 and "mount" in blind.stderr + blind.stdout:
         pytest.skip(f"no private mount namespaces here ({blind.stderr.strip()[:200]})")
     assert blind.returncode == 0, blind.stderr[-2000:]
-    refused = subprocess.run(
-        [str(SSLPIPE), "pretrain", *args], cwd=tmp_path, env={**env, "RAY_ADDRESS": address},
+    refused = subprocess.run(  # --force: the finished run above would come from the cache, untouched by Ray
+        [str(SSLPIPE), "pretrain", "--force", *args], cwd=tmp_path, env={**env, "RAY_ADDRESS": address},
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert refused.returncode == 2, (refused.stdout + refused.stderr)[-4000:]
