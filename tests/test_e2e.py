@@ -38,6 +38,7 @@ PARAMETERS = [
     "train.batch_size=64",
     "eval.fewshot_shots=[5]",
     "eval.fewshot_seeds=1",
+    "eval.linear_c=[1.0]",
     "flow.retries.evaluate=1",
     "flow.retry_delay_s=1",
 ]

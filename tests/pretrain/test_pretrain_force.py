@@ -18,7 +18,8 @@ def test_forced_pretrain_is_a_new_run_that_replaces_the_cached_result(
     tmp_path: Path, local_ray, prefect_server
 ) -> None:
     record = ingest_digits(tmp_path)
-    cfg = load_config(None, fast_training(tmp_path, "train.epochs=1", "train.max_steps_per_epoch=2")[1::2])
+    one_worker = ["train.epochs=1", "train.max_steps_per_epoch=2", "ray.num_workers=1"]  # a quicker worker group
+    cfg = load_config(None, fast_training(tmp_path, *one_worker)[1::2])
     first = pretrain_flow(cfg, record)
     cached = pretrain_flow(cfg, record, return_state=True)
     assert cached.result() == first, "unchanged inputs: the cached record"
