@@ -179,6 +179,13 @@ def summary_markdown(s: RunSummary) -> str:
             f"(`sslpipe promote`) decides whether this candidate replaces it."
         )
     link = f"[Prefect flow run]({s.flow_run_url}) · " if s.flow_run_url else ""
+    r = s.registered
+    if r.tracking_uri.startswith(("http://", "https://")):  # a tracking server has a UI to link to
+        ui = r.tracking_uri.rstrip("/")
+        link += (
+            f"[MLflow run]({ui}/#/experiments/{r.experiment_id}/runs/{r.run_id}) · "
+            f"[model version]({ui}/#/models/{r.model_name}/versions/{r.version}) · "
+        )
     return (
         "## sslpipe run\n\n"
         f"**Data**: {sum(s.samples.values())} images ({', '.join(f'{k} {v}' for k, v in s.samples.items())}), "
