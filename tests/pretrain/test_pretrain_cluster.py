@@ -96,14 +96,18 @@ def test_pretrain_by_address_runs_workers_on_both_nodes(tmp_path: Path, two_node
 
     # A third node in its own mount namespace, where the test's folder is an empty tmpfs: it cannot
     # see the shards or the checkpoints, and the stage must say so before any work starts.
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs none "{tmp_path}"'],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespaces here: {(probe.stderr or probe.stdout).strip()[:200]}")
     blind = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c",
          f'mount -t tmpfs none "{tmp_path}" && exec "{RAY}" start --address={address} --node-ip-address=127.0.0.1 '
          f"--num-cpus=1 --disable-usage-stats --dashboard-agent-listen-port={free_port()}"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    if blind.returncode != 0 and "mount" in blind.stderr + blind.stdout:
-        pytest.skip(f"no private mount namespaces here ({blind.stderr.strip()[:200]})")
     assert blind.returncode == 0, blind.stderr[-2000:]
     refused = subprocess.run(  # --force: the finished run above would come from the cache, untouched by Ray
         [str(SSLPIPE), "pretrain", "--force", *args], cwd=tmp_path, env={**env, "RAY_ADDRESS": address},
