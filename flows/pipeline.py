@@ -15,9 +15,9 @@ from prefect import Task, flow, runtime
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
-from sslcore.config import PipelineConfig
+from sslcore.config import PipelineConfig, check_force
 from sslcore.preflight import preflight
-from tasks.caching import check_force, outputs_exist, stage_options
+from tasks.caching import outputs_exist, stage_options
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.pretrain import pretrain

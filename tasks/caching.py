@@ -31,7 +31,7 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 
-from sslcore.config import CACHED_STAGES, PipelineConfig, check_force
+from sslcore.config import CACHED_STAGES, PipelineConfig
 from sslcore.data.ingest import ingest_fingerprint
 from sslcore.data.sources import open_source
 from sslcore.storage import filesystem, is_remote, join, storage_options
@@ -80,7 +80,6 @@ def evaluate_key(config: PipelineConfig, trained: PretrainRecord) -> str:
 
 KEYS: dict[str, Callable[..., str]] = {"ingest": ingest_key, "pretrain": pretrain_key, "evaluate": evaluate_key}
 assert tuple(KEYS) == CACHED_STAGES
-__all__ = ["CACHED_STAGES", "check_force", "code_version", "outputs_exist", "result_storage", "stage_options"]
 
 
 @dataclass

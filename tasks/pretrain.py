@@ -109,11 +109,9 @@ class TrainingProgress:
         self.artifact_id = create_progress_artifact(
             progress=0.0, key="pretrain-progress", description=f"Ray Train run {run_name}: starting"
         )
-        self.total = 0
 
     def update(self, message: dict[str, float]) -> None:
         step, total = int(message["step"]), max(int(message["total"]), 1)
-        self.total = total
         rate = message.get("steps_per_s", 0.0)
         eta = f", about {(total - step) / rate / 60:.1f} min left" if rate > 0 else ""
         update_progress_artifact(

@@ -118,18 +118,18 @@ class _ProgressReporter:
     def __init__(self, queue: Any, total: int, interval_s: float = 2.0) -> None:
         self.queue, self.total, self.interval_s = queue, total, interval_s
         self.last = 0.0
-        self.started, self.first_step = time.perf_counter(), None
+        self.origin: tuple[int, float] | None = None  # (step, time) of this attempt's first step
 
     def __call__(self, state: TrainState, out: dict[str, float]) -> None:
         now = time.perf_counter()
-        if self.first_step is None:
-            self.first_step, self.started = state.step - 1, now
+        if self.origin is None:
+            self.origin = (state.step, now)
         if now - self.last < self.interval_s and state.step < self.total:
             return
         self.last = now
-        steps = state.step - self.first_step
+        done, elapsed = state.step - self.origin[0], now - self.origin[1]
         message = {"step": state.step, "total": self.total, "loss": out.get("loss", float("nan"))}
-        message["steps_per_s"] = (steps - 1) / (now - self.started) if steps > 1 and now > self.started else 0.0
+        message["steps_per_s"] = done / elapsed if done > 0 and elapsed > 0 else 0.0
         with contextlib.suppress(Exception):  # progress is best effort; training never waits on it
             self.queue.put_nowait(message)
 
@@ -441,8 +441,8 @@ def latest_checkpoint(storage_path: str, run_name: str, storage: StorageConfig) 
     return None
 
 
-def prune_unregistered(storage_path: str, run_name: str, storage: StorageConfig, keep: int) -> list[str]:
-    """Delete checkpoint folders older than the ``keep`` newest, returning their URLs.
+def prune_unregistered(storage_path: str, run_name: str, storage: StorageConfig, keep: int) -> None:
+    """Delete checkpoint folders older than the ``keep`` newest.
 
     Ray prunes only the checkpoints its controller registered; one uploaded just before its worker
     died stays behind unregistered (and was used to resume), so it is removed here once newer ones exist.
@@ -453,7 +453,6 @@ def prune_unregistered(storage_path: str, run_name: str, storage: StorageConfig,
     stale = folders[:-keep] if keep > 0 else []
     for folder in stale:
         fs.rm(folder, recursive=True)
-    return [join(run_url, posixpath.basename(f)) for f in stale]
 
 
 @contextlib.contextmanager
