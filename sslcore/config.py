@@ -63,6 +63,15 @@ class StorageConfig(StrictModel):
     secret_access_key: SecretStr | None = None
     region: str | None = None
     profile: str | None = None
+    max_attempts: Annotated[
+        PositiveInt,
+        Field(
+            description="Tries per S3 request, the first included (botocore 'standard' retries of 5xx, throttling "
+            "and dropped connections, with jittered exponential backoff capped at 20 s: at 8, about 35 s of waiting "
+            "on average, 71 s at most) before the stage fails; for throttling and dropped connections s3fs repeats "
+            "the whole sequence up to 5 times."
+        ),
+    ] = 8
 
 
 class DigitsSource(StrictModel):

@@ -12,6 +12,10 @@ the fingerprint covers the source's contents and the ingest config.
   holds. A re-run (after a crash, a kill or a Prefect retry) keeps those shards, skips their
   inputs without decoding them, redoes only what was in flight, and ends with the same bytes as an
   uninterrupted run.
+* **Clear about storage.** S3 requests are retried (``storage.max_attempts``); an endpoint that
+  stays down ends the run with one :class:`~sslcore.storage.StorageError` line (transient: worth a
+  retry), a full disk with one :class:`IngestError` line. A manifest still only ever comes after
+  complete shards, and a storage error is never taken for "no output here" or "bad journal entry".
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from sslcore.data.sources import ImageSource, open_source
 from sslcore.data.worker import Job, Outcome, dumps_line, event, process_unit
 from sslcore.data.writer import SplitShardWriter
 from sslcore.resources import available_cpus
-from sslcore.storage import filesystem, join, put_atomic, read_bytes
+from sslcore.storage import filesystem, is_disk_full, is_file, join, put_atomic, read_bytes, storage_errors
 
 REJECTS_NAME = "rejects.jsonl"
 DUPLICATES_NAME = "duplicates.jsonl"
@@ -120,7 +124,7 @@ def _load_journal(fs: AbstractFileSystem, folder: str) -> JournalState:
             shard = ShardInfo.model_validate(entry["shard"])
             target = posixpath.join(folder, shard.name)
             valid = entry["seq"] == i and fs.exists(target) and fs.size(target) == shard.bytes
-        except (ValueError, KeyError, TypeError, OSError):
+        except (ValueError, KeyError, TypeError, FileNotFoundError):  # a storage error is not a bad entry
             valid = False
         if not valid:  # this and every later entry are discarded and their work redone
             for stale in names[i:]:
@@ -214,16 +218,44 @@ def ingest(
     Raises:
         SourceError: the source is missing or empty.
         IngestError: no input survived validation, or the reject rate exceeds
-            ``cfg.max_reject_fraction`` (after the rejects report is written).
+            ``cfg.max_reject_fraction`` (after the rejects report is written), or the disk holding
+            the output is full.
+        StorageError: the S3 endpoint kept failing past ``storage.max_attempts`` tries of a request.
     """
     source = open_source(cfg.source, storage)
     source.check()
     source_fingerprint = source.fingerprint()
     fingerprint = ingest_fingerprint(source_fingerprint, cfg)
     folder_url = join(str(shard_root), fingerprint[:16])
+    hint = "; a manifest is only written over complete shards: run ingest again once it answers, and it resumes"
+    try:
+        with storage_errors(folder_url, storage, "ingesting into", hint):
+            return _ingest_into(cfg, source, storage, folder_url, fingerprint, source_fingerprint, progress, verify)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise IngestError(
+            f"no space left on the device holding {folder_url} while writing the shards: free some space, or set "
+            f"ingest.output (or work_dir) to a larger disk; a manifest is only written over complete shards, and a "
+            f"re-run resumes from the completed ones"
+        ) from None
+
+
+def _ingest_into(
+    cfg: IngestConfig,
+    source: ImageSource,
+    storage: StorageConfig | None,
+    folder_url: str,
+    fingerprint: str,
+    source_fingerprint: str,
+    progress: Progress | None,
+    verify: bool,
+) -> IngestResult:
     fs, folder = filesystem(folder_url, storage)
     folder = folder.rstrip("/")
-    if fs.isfile(posixpath.join(folder, MANIFEST_NAME)):
+    # is_file, not fs.isfile: the latter answers False when the store cannot be reached, and a
+    # complete output taken for absent would have its shards cleaned away below its manifest.
+    if is_file(fs, posixpath.join(folder, MANIFEST_NAME)):
         manifest = read_manifest(folder_url, storage)
         damaged = damaged_shards(fs, folder, manifest) if verify else []
         if not damaged:

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sslcore.config import StorageConfig
-from sslcore.storage import filesystem, put_atomic
+from sslcore.storage import filesystem, is_file, put_atomic, storage_errors
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -84,13 +84,17 @@ def read_manifest(path: str | Path, storage: StorageConfig | None = None) -> Man
     """Load and validate ``path`` (a manifest file or the folder holding one; local or s3://)."""
     where = str(path)
     fs, p = filesystem(where, storage)
-    if fs.isdir(p):
-        p = posixpath.join(p.rstrip("/"), MANIFEST_NAME)
-        where = where.rstrip("/") + "/" + MANIFEST_NAME
-    if not fs.isfile(p):
-        raise ManifestError(f"no manifest at {where}: run the ingest stage first (sslpipe ingest)")
+    # is_file, not fs.isfile/isdir: those answer False when the store cannot be reached, and an
+    # outage must not read as "no manifest, run ingest" (a user error that is never retried).
+    with storage_errors(where, storage, "reading the manifest at"):
+        if not is_file(fs, p) and not p.endswith(".json"):
+            p = posixpath.join(p.rstrip("/"), MANIFEST_NAME)
+            where = where.rstrip("/") + "/" + MANIFEST_NAME
+        if not is_file(fs, p):
+            raise ManifestError(f"no manifest at {where}: run the ingest stage first (sslpipe ingest)")
+        raw = fs.cat_file(p)
     try:
-        data = json.loads(fs.cat_file(p))
+        data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"manifest {where} is not valid JSON ({exc}); re-run ingest") from None
     try:
