@@ -7,6 +7,7 @@ state.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fsspec import AbstractFileSystem
 from torch import Tensor, nn
 
 from sslcore.config import PipelineConfig, StorageConfig, TrainConfig
@@ -24,6 +26,7 @@ from sslcore.storage import filesystem, is_remote
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+STATE_BYTES_KEY = "state_bytes"  # in META_FILE: the size of STATE_FILE, for completeness checks
 
 
 @dataclass
@@ -38,12 +41,15 @@ class TrainState:
     resumed_from: list[int] = field(default_factory=list)  # the step of every resume
     workers: list[dict[str, Any]] = field(default_factory=list)  # where each rank ran
     startup: dict[str, float] = field(default_factory=dict)  # fixed costs of the latest (re)start
-    planned_epochs: int | None = None  # set when train.time_budget_s re-planned the run
+    planned_steps: int | None = None  # set when train.time_budget_s re-planned the run
 
 
-def plan_steps(cfg: PipelineConfig, train_samples: int, epochs: int | None = None) -> StepPlan:
+def plan_steps(cfg: PipelineConfig, train_samples: int, total_steps: int | None = None) -> StepPlan:
     """Steps per epoch from the sample count (an epoch is ``train_samples`` images, dropping the
     last partial global batch), the schedule lengths and the batch-scaled learning rate.
+
+    ``total_steps`` replaces ``train.epochs`` worth of steps (a time budget's re-plan); the last
+    epoch may then be partial.
 
     Also checks, cheaply, that the method can run on the backbone (patch-based methods need a
     ViT), so that a bad pairing fails here, before any worker starts.
@@ -61,7 +67,7 @@ def plan_steps(cfg: PipelineConfig, train_samples: int, epochs: int | None = Non
         )
     if cfg.train.max_steps_per_epoch is not None:
         steps = min(steps, cfg.train.max_steps_per_epoch)
-    total = steps * (epochs or cfg.train.epochs)
+    total = total_steps or steps * cfg.train.epochs
     peak = scaled_lr(cfg.train.lr, cfg.train.batch_size)
     return StepPlan(
         steps_per_epoch=steps,
@@ -252,18 +258,56 @@ def train_epoch(
 def save_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
     """Write tensors with ``torch.save`` (loadable with ``weights_only=True``) and progress as JSON.
 
-    The method's whole ``state_dict`` is saved: EMA teachers, queues and centers included.
+    The method's whole ``state_dict`` is saved: EMA teachers, queues and centers included. The
+    progress file comes last and records the tensor file's size (``state_bytes``), so that a copy
+    of the folder can be checked for completeness without loading it (:func:`checkpoint_state`).
+
+    Raises:
+        OSError: the folder cannot be written (a full disk says so, with the folder).
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
     torch.save(
         {
             "model": unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
         },
-        folder / STATE_FILE,
+        buffer,
     )
-    (folder / META_FILE).write_text(json.dumps(asdict(state), indent=2))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / STATE_FILE).write_bytes(buffer.getbuffer())
+        meta = asdict(state) | {STATE_BYTES_KEY: buffer.getbuffer().nbytes}
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(
+                exc.errno, f"no space left for the checkpoint in {folder} (free some space or move it elsewhere)"
+            ) from None
+        raise
+
+
+def checkpoint_state(fs: AbstractFileSystem, folder: str) -> TrainState | None:
+    """The progress of a checkpoint folder (local or remote) if it is complete, else None.
+
+    Complete: the progress file parses and the tensor file has the size it records (checkpoints
+    from before that record must load with ``weights_only=True``). A missing or partial file reads
+    as incomplete; any other storage error is raised, so that an outage never passes for an
+    incomplete checkpoint.
+    """
+    folder = folder.rstrip("/")
+    try:
+        meta = json.loads(fs.cat_file(f"{folder}/{META_FILE}"))
+        expected = meta.get(STATE_BYTES_KEY)
+        if expected is not None:
+            if fs.size(f"{folder}/{STATE_FILE}") != expected:
+                return None
+        else:
+            torch.load(io.BytesIO(fs.cat_file(f"{folder}/{STATE_FILE}")), map_location="cpu", weights_only=True)
+        known = set(TrainState.__dataclass_fields__)
+        return TrainState(**{k: v for k, v in meta.items() if k in known})
+    except (FileNotFoundError, ValueError, RuntimeError, EOFError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> TrainState:

@@ -4,8 +4,6 @@ GPU). Kept free of Prefect so that Ray workers import only what they need."""
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import logging
 import os
 import posixpath
@@ -25,7 +23,7 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -39,12 +37,11 @@ from sslcore.methods import as_method, build_method
 from sslcore.monitor import KnnMonitor
 from sslcore.preflight import PreflightError
 from sslcore.schedules import StepPlan
-from sslcore.storage import filesystem, is_remote, join, local_folder
+from sslcore.storage import filesystem, is_remote, join, local_folder, storage_errors
 from sslcore.train import (
-    META_FILE,
-    STATE_FILE,
     TrainState,
     build_optimizer,
+    checkpoint_state,
     load_state,
     plan_steps,
     pop_means,
@@ -78,14 +75,17 @@ def _step_of(checkpoint_path: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def _epochs_in_budget(cfg: PipelineConfig, epoch_s: float) -> int:
-    """How many epochs of ``epoch_s`` fit ``train.time_budget_s`` (at least the one done, at most
-    ``train.epochs``); rank 0 decides, so that every rank runs the same plan."""
+def _steps_in_budget(cfg: PipelineConfig, epoch_s: float, epoch_steps: int, plan: StepPlan) -> int:
+    """How many steps fit ``train.time_budget_s`` at the first epoch's pace (``epoch_steps`` steps in
+    ``epoch_s`` seconds, the work between epochs included): at least the steps done, at most
+    ``train.epochs`` epochs, and the last epoch may be partial. Rank 0 decides, so that every rank
+    runs the same plan."""
     budget = cfg.train.time_budget_s or 0.0
-    fit = [max(1, min(cfg.train.epochs, int(budget // max(epoch_s, 1e-9))))]
+    fit = int(budget * epoch_steps / max(epoch_s, 1e-9))
+    total = [max(epoch_steps, min(cfg.train.epochs * plan.steps_per_epoch, fit))]
     if dist.is_available() and dist.is_initialized():
-        dist.broadcast_object_list(fit, src=0)
-    return int(fit[0])
+        dist.broadcast_object_list(total, src=0)
+    return int(total[0])
 
 
 def _quiet_ray_reports() -> None:
@@ -164,17 +164,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     optimizer = build_optimizer(method, cfg.train)
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
-    fallback, fallback_step = _newest_in_storage(loop_config, cfg, rank)
-    if checkpoint is not None and _step_of(checkpoint.path) >= fallback_step:
-        fallback = None
-    if fallback:  # newer than what Ray registered: uploaded just before a worker or the driver died
+    # The newest complete checkpoint in storage wins over the one Ray registered: it may be newer
+    # (uploaded just before a worker or the driver died), and Ray's may be incomplete (a cut upload).
+    newest, _ = _newest_in_storage(loop_config, cfg, rank)
+    if newest:
         checkpoint = None
-        with local_folder(fallback, cfg.storage) as d:
+        with local_folder(newest, cfg.storage) as d:
             state = load_state(d, method, optimizer)
     elif checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_state(Path(d), method, optimizer)
-    if checkpoint is not None or fallback:
+    if checkpoint is not None or newest:
         state.resumed_from.append(state.step)
         if rank == 0:
             print(f"resuming from step {state.step} (epoch {state.epoch}) of {plan.total_steps}", flush=True)
@@ -223,8 +223,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         batches = AugmentedBatches(counted, on_device, device, seed=cfg.train.seed, rank=rank, start=state.step)
     every = cfg.train.checkpoint_every_steps
     samples = manifest.split("train").samples
-    if state.planned_epochs:
-        plan = plan_steps(cfg, samples, epochs=state.planned_epochs)
+    if state.planned_steps:
+        plan = plan_steps(cfg, samples, total_steps=state.planned_steps)
     monitor = None
     if cfg.train.knn_monitor_samples:
         samples_ = cfg.train.knn_monitor_samples
@@ -256,7 +256,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             "epoch": state.step / plan.steps_per_epoch,
             "corrupt_samples": float(state.corrupt_samples),
         }
-        epoch_done = state.step % plan.steps_per_epoch == 0
+        epoch_done = state.step % plan.steps_per_epoch == 0 or state.step == plan.total_steps  # a budget's
+        # re-plan can end the run within an epoch: the partial epoch closes like a full one
         if epoch_done:
             epoch_steps = state.step - epoch_first_step  # this attempt's steps, if it resumed mid-epoch
             means = pop_means(state)
@@ -266,7 +267,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             state.epoch = state.step // plan.steps_per_epoch
             metrics |= {
                 **means,
-                "epoch": float(state.epoch),
+                "epoch": state.step / plan.steps_per_epoch,
                 "collapse_warning": float(warning is not None),
                 "images_per_s": epoch_steps * cfg.train.batch_size / max(compute_s, 1e-9),
             }
@@ -274,15 +275,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 metrics["knn_top1"] = monitor(api.backbone, device)
             metrics["epoch_time_s"] = time.perf_counter() - epoch_wall
             state.history.append(metrics)
-            if cfg.train.time_budget_s and state.planned_epochs is None:
-                state.planned_epochs = _epochs_in_budget(cfg, metrics["epoch_time_s"])
-                plan = plan_steps(cfg, samples, epochs=state.planned_epochs)
+            if cfg.train.time_budget_s and state.planned_steps is None:
+                state.planned_steps = _steps_in_budget(cfg, metrics["epoch_time_s"], epoch_steps, plan)
+                plan = plan_steps(cfg, samples, total_steps=state.planned_steps)
                 if reporter is not None:
                     reporter.total = plan.total_steps
                 if rank == 0:
                     print(
                         f"time budget {cfg.train.time_budget_s:.0f} s at {metrics['epoch_time_s']:.1f} s per epoch: "
-                        f"{state.planned_epochs} of {cfg.train.epochs} epochs, schedules re-planned to fit",
+                        f"{plan.total_steps} steps ({plan.total_steps / plan.steps_per_epoch:.2f} of "
+                        f"{cfg.train.epochs} epochs), schedules re-planned to fit",
                         flush=True,
                     )
         with tempfile.TemporaryDirectory() as tmp:
@@ -291,11 +293,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 save_state(Path(tmp), model, optimizer, state)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{state.step:08d}")
+            if rank == 0:
+                _check_uploaded(loop_config, cfg, state.step)
         if epoch_done:
             if rank == 0:
                 knn = f"  kNN {metrics['knn_top1']:.3f}" if "knn_top1" in metrics else ""
                 print(
-                    f"epoch {state.epoch}/{plan.total_steps // plan.steps_per_epoch}  step {state.step}/"
+                    f"epoch {metrics['epoch']:.4g}/{plan.total_steps / plan.steps_per_epoch:.4g}  step {state.step}/"
                     f"{plan.total_steps}  loss {metrics['loss']:.4f}{knn}  {metrics['images_per_s']:.0f} img/s  "
                     f"lr {metrics['lr']:.2e}  effective rank {metrics['health_effective_rank']:.1f}",
                     flush=True,
@@ -423,36 +427,59 @@ def latest_checkpoint(storage_path: str, run_name: str, storage: StorageConfig) 
     """The newest complete checkpoint folder of a run in storage (its URL and progress), if any.
 
     Ray resumes from the checkpoints its controller registered; a driver killed between a
-    checkpoint's upload and its registration leaves a newer one only this scan finds. A folder
-    counts when its progress file parses and its tensors load (``weights_only``).
+    checkpoint's upload and its registration leaves a newer one only this scan finds, and an upload
+    cut short leaves a registered one that is incomplete. A folder counts when its progress file
+    parses and its tensor file has the recorded size (:func:`sslcore.train.checkpoint_state`). An
+    S3 outage raises :class:`~sslcore.storage.StorageError` rather than passing for "no checkpoint".
     """
     run_url = join(storage_path, run_name)
     fs, root = filesystem(run_url, storage)
-    if not fs.exists(root):
-        return None
-    for folder in sorted(fs.glob(f"{root}/step-*"), reverse=True):
-        try:
-            meta = json.loads(fs.cat_file(f"{folder}/{META_FILE}"))
-            torch.load(io.BytesIO(fs.cat_file(f"{folder}/{STATE_FILE}")), map_location="cpu", weights_only=True)
-        except (OSError, ValueError, RuntimeError, EOFError, KeyError):
-            continue
-        state = TrainState(**{k: v for k, v in meta.items() if k in TrainState.__dataclass_fields__})
-        return join(run_url, posixpath.basename(folder.rstrip("/"))), state
+    with storage_errors(run_url, storage, "looking for checkpoints in"):
+        if not fs.exists(root):
+            return None
+        for folder in sorted(fs.glob(f"{root}/step-*"), key=_step_of, reverse=True):
+            state = checkpoint_state(fs, folder)
+            if state is not None:
+                return join(run_url, posixpath.basename(folder.rstrip("/"))), state
     return None
 
 
 def prune_unregistered(storage_path: str, run_name: str, storage: StorageConfig, keep: int) -> None:
-    """Delete checkpoint folders older than the ``keep`` newest.
+    """Keep the ``keep`` newest complete checkpoint folders and delete every other one.
 
     Ray prunes only the checkpoints its controller registered; one uploaded just before its worker
-    died stays behind unregistered (and was used to resume), so it is removed here once newer ones exist.
+    died stays behind unregistered (and was used to resume), and one whose upload was cut short is
+    registered but incomplete. Both are removed here once the run has finished.
     """
     run_url = join(storage_path, run_name)
     fs, root = filesystem(run_url, storage)
-    folders = sorted((f.rstrip("/") for f in fs.glob(f"{root}/step-*")), key=_step_of)
-    stale = folders[:-keep] if keep > 0 else []
-    for folder in stale:
-        fs.rm(folder, recursive=True)
+    with storage_errors(run_url, storage, "pruning checkpoints in"):
+        folders = sorted((f.rstrip("/") for f in fs.glob(f"{root}/step-*")), key=_step_of, reverse=True)
+        kept = 0
+        for folder in folders:
+            if kept < keep and checkpoint_state(fs, folder) is not None:
+                kept += 1
+            else:
+                fs.rm(folder, recursive=True)
+
+
+def _check_uploaded(loop_config: dict[str, Any], cfg: PipelineConfig, step: int) -> None:
+    """Rank 0, after ``ray.train.report``: the checkpoint it just uploaded must be complete in
+    storage. pyarrow's ``copy_files`` (which Ray uses) drops errors raised when an upload is
+    closed, and s3fs uploads small files on close, so a cut upload can look like a success."""
+    url = join(loop_config["storage_path"], loop_config["run_name"], f"step-{step:08d}")
+    fs, folder = filesystem(url, cfg.storage)
+    with storage_errors(url, cfg.storage, "checking the uploaded checkpoint"):
+        complete = checkpoint_state(fs, folder) is not None
+    if not complete:
+        raise CheckpointUploadError(
+            f"the checkpoint upload to {url} is incomplete (the storage failed during it): the worker group "
+            f"restarts from the newest complete checkpoint"
+        )
+
+
+class CheckpointUploadError(OSError):
+    """A checkpoint reached storage only in part."""
 
 
 @contextlib.contextmanager
@@ -503,13 +530,16 @@ def fit(
     """
     plan = plan_steps(cfg, read_manifest(shard_folder, cfg.storage).split("train").samples)
     found = latest_checkpoint(storage_path, run_name, cfg.storage)
-    if found is not None and found[1].planned_epochs:
-        plan = plan_steps(cfg, read_manifest(shard_folder, cfg.storage).split("train").samples, found[1].planned_epochs)
+    if found is not None and found[1].planned_steps:
+        plan = plan_steps(cfg, read_manifest(shard_folder, cfg.storage).split("train").samples, found[1].planned_steps)
     if found is not None and found[1].step >= plan.total_steps:
         print(f"{run_name} already finished ({found[1].step} steps): reusing {found[0]}", flush=True)
         return TrainOutcome(run_name=run_name, storage_path=storage_path, checkpoint_path=found[0], state=found[1])
     with _progress_queue(progress) as queue:
-        result = _fit(cfg, shard_folder, storage_path, run_name, queue)
+        try:
+            result = _fit(cfg, shard_folder, storage_path, run_name, queue)
+        except TrainingFailedError as exc:
+            raise TrainingRunFailed(_failure_message(cfg, storage_path, run_name, plan.total_steps, exc)) from exc
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} finished without a checkpoint")
     prune_unregistered(storage_path, run_name, cfg.storage, keep=cfg.ray.checkpoints_to_keep)
@@ -520,6 +550,26 @@ def fit(
         storage_path=storage_path,
         checkpoint_path=_checkpoint_uri(storage_path, result.checkpoint.path),
         state=state,
+    )
+
+
+class TrainingRunFailed(RuntimeError):
+    """The Ray Train run failed for good (after ``ray.max_failures`` worker-group restarts); its
+    newest complete checkpoint stays in storage, and running the stage again resumes from it."""
+
+
+def _failure_message(cfg: PipelineConfig, storage_path: str, run_name: str, total: int, exc: Exception) -> str:
+    cause = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).strip())
+    newest = latest_checkpoint(storage_path, run_name, cfg.storage)
+    kept = (
+        f"its newest complete checkpoint, {newest[0]} (step {newest[1].step} of {total}), is kept: run the stage "
+        f"again (or let Prefect retry it) to resume from there"
+        if newest is not None
+        else "it wrote no complete checkpoint, so a new attempt starts from step 0"
+    )
+    return (
+        f"training run {run_name} failed after ray.max_failures={cfg.ray.max_failures} restarts of its worker "
+        f"group ({type(exc).__name__}: {cause[:300]}); {kept}"
     )
 
 

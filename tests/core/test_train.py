@@ -96,6 +96,12 @@ def test_plan_warmup_is_rounded_and_capped() -> None:
     assert plan.warmup_steps == plan.total_steps == 20
 
 
+def test_plan_with_total_steps_may_end_within_an_epoch() -> None:
+    plan = plan_steps(_cfg("train.batch_size=64", "train.epochs=9", "train.warmup_epochs=1"), 640, total_steps=25)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.warmup_steps) == (10, 25, 10)
+    assert lr_at(plan, 25) == pytest.approx(plan.final_lr)  # the schedule ends with the shorter run
+
+
 def test_plan_needs_one_global_batch() -> None:
     with pytest.raises(ValueError, match=r"63 samples, fewer than one global batch \(train.batch_size=64\)"):
         plan_steps(_cfg("train.batch_size=64"), 63)

@@ -1,0 +1,40 @@
+"""``train.time_budget_s``: the re-plan after the first epoch, to the step (the Ray run itself is
+covered by the cluster test, which gives a budget that fits one epoch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sslcore.config import PipelineConfig, load_config
+from sslcore.train import plan_steps
+from tasks.ray_train import _next_stop, _steps_in_budget
+
+
+def _cfg(*overrides: str) -> PipelineConfig:
+    return load_config(None, ["train.batch_size=64", "train.epochs=10", *overrides])
+
+
+@pytest.mark.parametrize(
+    ("budget", "epoch_s", "epoch_steps", "expected"),
+    [
+        (100.0, 20.0, 10, 50),  # 5 epochs exactly
+        (110.0, 20.0, 10, 55),  # half an epoch more: the last epoch is partial
+        (1e6, 20.0, 10, 100),  # never more than train.epochs
+        (1.0, 20.0, 10, 10),  # never fewer than the steps already done
+        (100.0, 20.0, 4, 20),  # a resumed first epoch: the pace of the steps this attempt ran
+    ],
+)
+def test_steps_in_budget(budget: float, epoch_s: float, epoch_steps: int, expected: int) -> None:
+    cfg = _cfg(f"train.time_budget_s={budget}")
+    assert _steps_in_budget(cfg, epoch_s, epoch_steps, plan_steps(cfg, 640)) == expected
+
+
+def test_a_partial_last_epoch_is_the_last_stop() -> None:
+    cfg = _cfg()
+    plan = plan_steps(cfg, 640, total_steps=25)
+    stops, step = [], 0
+    while step < plan.total_steps:
+        step = _next_stop(step, plan, every=None)
+        stops.append(step)
+    assert stops == [10, 20, 25]
+    assert [_next_stop(s, plan, every=4) for s in (0, 20, 24)] == [4, 24, 25]
