@@ -34,9 +34,10 @@ FromOpt = Annotated[
 ]
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One red line and exit ``code``: 2 for what the user must fix, 1 for a failure that outlasted retries."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -75,11 +76,22 @@ def _prepare(config: Path | None, overrides: list[str] | None, *, check_data: bo
     return cfg
 
 
+def _outlasting_errors() -> tuple[type[BaseException], ...]:
+    """Transient failures that outlasted the stage's retries; their messages already say what to do."""
+    from sslcore.storage import StorageError
+    from tasks.ray_train import TrainingRunFailed
+    from tasks.runtime import RegistryUnavailable
+
+    return (StorageError, TrainingRunFailed, RegistryUnavailable)
+
+
 def _run_flow(fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
     except _user_errors() as exc:
         _fail(str(exc))
+    except _outlasting_errors() as exc:
+        _fail(f"{exc} (after the stage's retries)", code=1)
 
 
 ForceOpt = Annotated[

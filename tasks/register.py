@@ -159,9 +159,9 @@ def _log_run(config: PipelineConfig, evaluation: EvaluateRecord, experiment_id: 
         example = np.zeros((2, config.model.image_size, config.model.image_size, 3), dtype=np.uint8)
         with mlflow.start_run(experiment_id=experiment_id, run_name=pretrain.run_name, tags=tags) as run:
             mlflow.log_params(flatten(config.model_dump(mode="json")))
-            for entry in pretrain.history:
-                step = int(entry["epoch"])
-                mlflow.log_metrics({f"train_{k}": v for k, v in entry.items() if k != "epoch"}, step=step)
+            for entry in pretrain.history:  # one entry per epoch (the last may be partial), at its optimizer step
+                step = int(entry["step"])
+                mlflow.log_metrics({f"train_{k}": v for k, v in entry.items() if k != "step"}, step=step)
             mlflow.log_metrics(evaluation.metrics)
             mlflow.log_metrics(
                 {"train_images_per_s": pretrain.images_per_s, "pretrain_duration_s": pretrain.duration_s}
@@ -216,6 +216,7 @@ def _register(config: PipelineConfig, evaluation: EvaluateRecord, uri: str) -> R
 
     existing = _find_run(client, experiment_id, key)
     run_id = existing.info.run_id if existing is not None else _log_run(config, evaluation, experiment_id, tags)
+    inject("register", "logged")  # chaos tests: the run is complete, the version not yet registered
     version = _find_version(client, name, run_id)
     reused = existing is not None and version is not None
     if version is None:

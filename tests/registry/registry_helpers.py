@@ -42,7 +42,7 @@ def training_run(
     torch.manual_seed(seed)
     method = build_method(cfg)
     checkpoint = cfg.work_path / "ckpt" / name
-    history = [{"epoch": 1.0, "loss": 5.0, "images_per_s": 100.0, "lr": 0.001}]
+    history = [{"step": 3.0, "epoch": 1.0, "loss": 5.0, "images_per_s": 100.0, "lr": 0.001}]
     save_state(checkpoint, method, build_optimizer(method, cfg.train), TrainState(1, 3, history))
     pretrain = PretrainRecord(
         ingest=ingested, run_name=name, storage_path=str(cfg.work_path), checkpoint_path=str(checkpoint), epochs=1,

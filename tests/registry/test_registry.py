@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -185,6 +186,52 @@ def test_server_restart_between_registration_and_promotion(mlflow_server, tmp_pa
     restart.join()
     assert record.decision == "promoted"
     assert _alias(MlflowClient(mlflow_server.uri), "champion") == "1"
+
+
+def test_server_stopping_during_registration(mlflow_server, tmp_path, prefect_server, monkeypatch) -> None:
+    """The server stops while registration is half done (the run logged, no version yet) and comes
+    back: Prefect's retry of the task completes it, with one run and one version."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from tasks.faults import FAULTS_ENV, pause_marker
+
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps({"register:logged": "pause_first_attempt"}))
+    marker = pause_marker(faults, "register:logged")
+    monkeypatch.setenv(FAULTS_ENV, str(faults))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the outage reaches the task at once
+    cfg = config(tmp_path / "work")
+    evaluation = training_run(cfg, "run-outage", knn=0.8)
+    outage_log: list[str] = []
+
+    def outage() -> None:
+        deadline = time.monotonic() + 300
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        mlflow_server.stop()
+        outage_log.append("stopped")
+        marker.unlink()  # registration goes on, against a stopped server
+        time.sleep(3)
+        mlflow_server.start()
+        outage_log.append("restarted")
+
+    @flow(name="register-through-an-outage")
+    def register_flow():
+        return register(cfg, evaluation, return_state=True)
+
+    thread = threading.Thread(target=outage)
+    thread.start()
+    task_state = register_flow()
+    thread.join()
+    assert outage_log == ["stopped", "restarted"]
+    record = task_state.result()
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(task_state.state_details.task_run_id).run_count >= 2  # it failed, then retried
+    ml = MlflowClient(mlflow_server.uri)
+    assert _versions(ml) == ["1"] and _alias(ml, "candidate") == "1"
+    runs = ml.search_runs([record.experiment_id])
+    assert [r.info.run_id for r in runs] == [record.run_id] and not record.reused
 
 
 def test_unreachable_server_is_a_clear_error(mlflow_server, tmp_path, monkeypatch) -> None:
