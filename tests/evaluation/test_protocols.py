@@ -12,7 +12,7 @@ from sslcore.backbones import create_backbone
 from sslcore.config import load_config
 from sslcore.data.ingest import ingest
 from sslcore.evaluation.health import alignment, health_metrics, rankme, std_ratio, uniformity
-from sslcore.evaluation.linear import carve_validation, few_shot, linear_probe
+from sslcore.evaluation.linear import carve_validation, few_shot, fit_linear, linear_probe
 from sslcore.evaluation.protocols import EvaluationError, LabelledSplit, check_label_spaces, evaluate_encoders
 from sslcore.inference import Encoder, EncoderSpec
 
@@ -33,6 +33,43 @@ def test_linear_probe_solves_separable_data_and_not_shuffled_labels() -> None:
     shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
     chance = linear_probe(x, shuffled, tx, ty, 5, cs=(0.1, 1.0), max_iter=200, val_fraction=0.1, seed=0)
     assert abs(chance.top1 - 0.2) < 0.1, chance.top1
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_linear_probe_scores_every_class(classes: int) -> None:
+    """Two classes take scikit-learn's binary form (one row of weights): both logits must come out of it."""
+    x, y = _separable(400, classes, 8, seed=4)
+    tx, ty = _separable(200, classes, 8, seed=5)
+    probe = linear_probe(x, y, tx, ty, classes + 1, cs=(0.1, 1.0), max_iter=200, val_fraction=0.1, seed=0)
+    assert probe.top1 > 0.99, probe.top1
+    assert set(probe.predictions.tolist()) == set(range(classes))  # the absent class is never predicted
+
+
+def _objective(clf, x: torch.Tensor, y: torch.Tensor, c: float) -> float:
+    """scikit-learn's L2-penalised multinomial objective: C * summed cross-entropy + |W|^2 / 2 (the
+    binary form's single row is the difference of the two rows)."""
+    logits = clf(x)
+    present = torch.unique(y)
+    weight = clf.weight[present]
+    penalty = (weight[1] - weight[0]).square().sum() if len(present) == 2 else weight.square().sum()
+    ce = torch.nn.functional.cross_entropy(logits[:, present], torch.searchsorted(present, y), reduction="sum")
+    return float(c * ce + penalty / 2)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_a_warm_start_reaches_the_cold_fits_optimum(classes: int) -> None:
+    x, y = _separable(500, classes, 12, seed=6)
+    x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(7)) * 4  # overlapping classes
+    strong = fit_linear(x, y, classes, c=0.01, max_iter=500)
+    cold = fit_linear(x, y, classes, c=0.1, max_iter=500)
+    warm = fit_linear(x, y, classes, c=0.1, max_iter=500, init=strong)
+    assert _objective(warm, x, y, 0.1) == pytest.approx(_objective(cold, x, y, 0.1), rel=1e-2)  # within tol
+    assert _objective(warm, x, y, 0.1) < _objective(strong, x, y, 0.1)  # it moved to the new optimum
+    agree = (warm(x).argmax(1) == cold(x).argmax(1)).float().mean()
+    assert agree > 0.99
+    without_class_0 = fit_linear(x[y > 0], y[y > 0], classes + 1, c=1.0, max_iter=10)
+    with pytest.raises(ValueError, match="other classes"):
+        fit_linear(x, y, classes + 1, c=1.0, max_iter=10, init=without_class_0)
 
 
 def test_validation_split_is_stratified_disjoint_and_seeded() -> None:
