@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -80,6 +81,14 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
     proc.wait(timeout=60)
+
+
+STEP_DIR = re.compile(r"step-(\d{8})$")
+
+
+def checkpoint_steps(paths: list[str]) -> list[int]:
+    """The steps of checkpoint folders ``.../step-XXXXXXXX``, sorted."""
+    return sorted(int(m.group(1)) for p in paths if (m := STEP_DIR.search(p.rstrip("/"))))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.1) -> None:

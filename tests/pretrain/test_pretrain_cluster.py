@@ -86,7 +86,7 @@ def test_pretrain_by_address_runs_workers_on_both_nodes(tmp_path: Path, two_node
 
     record = PretrainRecord.model_validate_json((tmp_path / "records" / "pretrain.json").read_text())
     assert record.steps == 4 and record.epochs == 1, "the time budget re-plans the run to one epoch"
-    assert "1 of 3 epochs, schedules re-planned" in done.stdout + done.stderr
+    assert "4 steps (1.00 of 3 epochs), schedules re-planned" in done.stdout + done.stderr
     (epoch,) = record.history
     assert 0.0 <= epoch["knn_top1"] <= 1.0
     assert sorted(int(w["rank"]) for w in record.workers) == [0, 1]

@@ -217,8 +217,8 @@ def test_server_stopping_during_registration(mlflow_server, tmp_path, prefect_se
         outage_log.append("restarted")
 
     @flow(name="register-through-an-outage")
-    def register_flow():
-        return register(cfg, evaluation, return_state=True)
+    def register_flow():  # retried every second (the task's own delays are 5, 15, 45 s) to keep the test short
+        return register.with_options(retries=60, retry_delay_seconds=1)(cfg, evaluation, return_state=True)
 
     thread = threading.Thread(target=outage)
     thread.start()
