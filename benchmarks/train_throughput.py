@@ -63,7 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sslcore.config import FashionMnistSource, PipelineConfig, load_config
 from sslcore.data.ingest import ingest
 from sslcore.data.manifest import read_manifest
-from sslcore.data.stream import TrainStream, shard_urls, views_only
+from sslcore.data.stream import TrainStream, shard_urls, train_loader, views_only
 from sslcore.device_augment import AugmentedBatches, decode_for_device, device_views
 from sslcore.methods import as_method, build_method
 from sslcore.resources import available_cpus
@@ -271,14 +271,8 @@ def run_plain_loader(cfg: PipelineConfig, folder: str, device: torch.device, n: 
     if cfg.augment.on_device:  # the loader processes only decode; the views are made batched on the device
         on_device = device_views(transform)
         transform = MultiView(decode_for_device(on_device.max_size), 1)
-    workers = cfg.train.loader_workers
-    loader = DataLoader(
-        stream_of(cfg, folder, transform),
-        batch_size=cfg.train.batch_size,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
+    loader = train_loader(
+        stream_of(cfg, folder, transform), cfg.train, cfg.train.batch_size, pin_memory=device.type == "cuda"
     )
     batches: Iterator[list[torch.Tensor]] = views_only(iter(loader))
     if on_device is not None:
@@ -364,12 +358,20 @@ def run_stage(cfg: PipelineConfig, folder: str, storage: Path) -> Rate:
 # --------------------------------------------------------------------------- main
 
 
-def parse_layout(text: str) -> tuple[int, int]:
+def parse_layout(text: str) -> tuple[int, int, int | None, int | None]:
+    """``WORKERSxCPUS[:LOADERS[:NICE]]``: ``ray.num_workers`` x ``ray.cpus_per_worker``, and for this
+    layout only ``train.loader_workers`` and ``train.loader_nice``."""
     try:
-        workers, cpus = (int(x) for x in text.lower().split("x"))
+        shape, *rest = text.lower().split(":")
+        workers, cpus = (int(x) for x in shape.split("x"))
+        if len(rest) > 2:
+            raise ValueError(text)
+        loaders, nice = ([int(x) for x in rest] + [None, None])[:2]
+        return workers, cpus, loaders, nice
     except ValueError:
-        raise argparse.ArgumentTypeError(f"layout '{text}' is not WORKERSxCPUS, e.g. 2x1") from None
-    return workers, cpus
+        raise argparse.ArgumentTypeError(
+            f"layout '{text}' is not WORKERSxCPUS[:LOADERS[:NICE]], e.g. 2x1, 1x2:0 or 1x2:1:10"
+        ) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -389,7 +391,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--layouts",
         nargs="+",
         type=parse_layout,
-        help="Stage layouts WORKERSxCPUS (ray.num_workers x ray.cpus_per_worker); default: the config's on CPU "
+        help="Stage layouts WORKERSxCPUS[:LOADERS[:NICE]] (ray.num_workers x ray.cpus_per_worker, and "
+        "train.loader_workers and train.loader_nice for this layout only); default: the config's on CPU "
         "(2x1), 1x<all cores> on CUDA.",
     )
     parser.add_argument("--loader-workers", type=int, help="train.loader_workers; default: the config's.")
@@ -427,7 +430,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.layouts is None:
         ray_cfg = load_config(None, []).ray
         cuda = args.device == "cuda"
-        args.layouts = [(1, available_cpus())] if cuda else [(ray_cfg.num_workers, ray_cfg.cpus_per_worker)]
+        args.layouts = (
+            [(1, available_cpus(), None, None)]
+            if cuda
+            else [(ray_cfg.num_workers, ray_cfg.cpus_per_worker, None, None)]
+        )
     return args
 
 
@@ -445,7 +452,7 @@ def variants_for(
                 lambda r: run_plain_loader(cfg, folder, device, train_samples, args),
             )
         )
-    for workers, cpus in args.layouts:
+    for workers, cpus, loaders, nice in args.layouts:
         if args.ddp and workers > 1:
             out.append(
                 Variant(
@@ -463,12 +470,15 @@ def variants_for(
             f"train.epochs={1 + args.steps // args.epoch_steps}",
             f"train.max_steps_per_epoch={args.epoch_steps}",
             "ray.checkpoints_to_keep=1000",  # keep every epoch's checkpoint folder: their file times are the clock
+            *([f"train.loader_workers={loaders}"] if loaders is not None else []),
+            *([f"train.loader_nice={nice}"] if nice is not None else []),
         )
-        layout = f"{workers}x{cpus}"
+        layout = f"{workers}x{cpus}-k{stage.train.loader_workers}-n{stage.train.loader_nice}"
         out.append(
             Variant(
                 name,
-                f"sslpipe {layout} K={stage.train.loader_workers}",
+                f"sslpipe {workers}x{cpus} K={stage.train.loader_workers}"
+                + (f" nice={stage.train.loader_nice}" if stage.train.loader_nice else ""),
                 lambda r, stage=stage, layout=layout: run_stage(stage, folder, root / "ray" / f"{name}-{layout}-{r}"),
             )
         )

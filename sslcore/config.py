@@ -219,6 +219,13 @@ class TrainConfig(StrictModel):
     warmup_epochs: float = Field(1.0, ge=0.0)
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
     loader_workers: NonNegativeInt = Field(1, description="DataLoader processes per Ray worker.")
+    loader_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="Niceness added to the DataLoader processes: on a CPU, where they share the cores with the "
+        "training threads, a positive value lets the training threads win them.",
+    )
     amp: bool = Field(True, description="bf16 autocast when a CUDA device is used.")
     channels_last: bool = Field(True, description="channels_last memory format on CUDA (faster convolutions).")
     compile: bool = Field(False, description="torch.compile the method (slow first steps, faster after).")

@@ -26,11 +26,10 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from sslcore.config import PipelineConfig, StorageConfig
 from sslcore.data.manifest import read_manifest
-from sslcore.data.stream import CountedBatches, TrainStream, shard_urls
+from sslcore.data.stream import CountedBatches, TrainStream, shard_urls, train_loader
 from sslcore.device_augment import AugmentedBatches, decode_for_device, device_views
 from sslcore.health import backbone_health, collapse_warning
 from sslcore.methods import as_method, build_method
@@ -207,15 +206,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         start_batch=state.step,  # the data position: each rank has taken one batch per step
         batch_size=per_rank,
     )
-    workers = cfg.train.loader_workers
-    loader = DataLoader(
-        stream,
-        batch_size=per_rank,
-        num_workers=workers,
-        pin_memory=cuda,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-    )
+    loader = train_loader(stream, cfg.train, per_rank, pin_memory=cuda)
     state.startup = {"loop_entered_at": entered}
     counted = CountedBatches(iter(loader), state, cfg.train.max_corrupt_samples)
     batches: Iterator[list[Tensor]] = counted

@@ -38,3 +38,19 @@ def test_cuda_without_a_gpu_fails_with_a_clear_message():
 
 # A full smoke run of the script (`--quick`: Ray start, two Ray Train workers, a plain loop) takes about a
 # minute on a 2-core machine, too much of CI's budget; run it by hand after changing the script.
+
+
+@pytest.mark.parametrize(
+    ("text", "layout"), [("2x1", (2, 1, None, None)), ("1x2:0", (1, 2, 0, None)), ("4X8:3:10", (4, 8, 3, 10))]
+)
+def test_layouts_name_workers_cpus_and_optionally_loaders(text: str, layout: tuple[int, ...]) -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from train_throughput import parse_layout
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert parse_layout(text) == layout
+    with pytest.raises(Exception, match="WORKERSxCPUS"):
+        parse_layout("2by1")
+    with pytest.raises(Exception, match="WORKERSxCPUS"):
+        parse_layout("1x2:1:10:3")

@@ -7,6 +7,7 @@ Shards are opened through fsspec, so local paths and ``s3://`` URLs (s3fs) read 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import tarfile
 import time
@@ -18,10 +19,10 @@ import fsspec
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import tariterators
 
-from sslcore.config import StorageConfig
+from sslcore.config import StorageConfig, TrainConfig
 from sslcore.data.images import decode_rgb
 from sslcore.data.manifest import Manifest
 from sslcore.distributed import sum_over_ranks
@@ -298,3 +299,29 @@ def load_split_arrays(
         images.append(np.asarray(decode_rgb(_image_bytes(sample)), dtype=np.uint8))
         labels.append(int(sample["cls"]) if "cls" in sample else -1)
     return images, np.asarray(labels, dtype=np.int64)
+
+
+class _Nice:
+    """DataLoader ``worker_init_fn``: lower the loader process's CPU priority by ``increment``."""
+
+    def __init__(self, increment: int) -> None:
+        self.increment = increment
+
+    def __call__(self, worker_id: int) -> None:
+        os.nice(self.increment)
+
+
+def train_loader(stream: IterableDataset, train: TrainConfig, batch_size: int, *, pin_memory: bool) -> DataLoader:
+    """The DataLoader a training worker reads ``stream`` through: ``train.loader_workers`` processes
+    (kept across epochs, four batches ahead each), or the training process itself with 0, their
+    priority lowered by ``train.loader_nice``."""
+    workers = train.loader_workers
+    return DataLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_Nice(train.loader_nice) if workers > 0 and train.loader_nice else None,
+    )

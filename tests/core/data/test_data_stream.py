@@ -3,6 +3,7 @@ evaluation reads whole splits back."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,9 @@ from sslcore_data_testing import encode, ingest_digits_once, noise_image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from sslcore.config import AugmentConfig
+from sslcore.config import AugmentConfig, load_config
 from sslcore.data.ingest import IngestResult
-from sslcore.data.stream import TrainStream, assign, iter_tar_samples, load_split_arrays, shard_urls
+from sslcore.data.stream import TrainStream, assign, iter_tar_samples, load_split_arrays, shard_urls, train_loader
 from sslcore.data.writer import SplitShardWriter, sample_payload
 from sslcore.storage import filesystem
 from sslcore.transforms import MultiView, view_transform
@@ -163,3 +164,15 @@ def test_load_split_arrays_returns_every_digit(digits: IngestResult) -> None:
     pixels = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     expected = Counter((img.tobytes(), int(t)) for img, t in zip(pixels, bunch.target, strict=True))
     assert got == expected
+
+
+class _Niceness(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield os.nice(0)
+
+
+@pytest.mark.parametrize(("workers", "nice"), [(1, 7), (1, 0), (0, 7)])
+def test_train_loader_lowers_the_priority_of_its_processes_only(workers: int, nice: int) -> None:
+    train = load_config(None, [f"train.loader_workers={workers}", f"train.loader_nice={nice}"]).train
+    (seen,) = list(train_loader(_Niceness(), train, batch_size=1, pin_memory=False))
+    assert int(seen[0]) == os.nice(0) + (nice if workers else 0)  # the training process keeps its own
