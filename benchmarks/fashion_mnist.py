@@ -51,6 +51,7 @@ DEFAULTS = [
     # Views made batched in the training process; the loader process only decodes and resizes. On
     # 2 cores this frees the core a per-image PIL pipeline would take (docs/training.md).
     "augment.on_device=true",
+    "train.loader_nice=10",  # the training threads win the cores the loader process shares with them
     "eval.fewshot_shots=[10]",
     "eval.fewshot_seeds=2",
     "eval.plots=false",
