@@ -116,7 +116,7 @@ def main() -> None:
     )
     for h in history:
         knn = f"  monitor kNN {h['knn_top1']:.3f}" if "knn_top1" in h else ""
-        print(f"  epoch {int(h['epoch']):3d}  loss {h['loss']:.3f}{knn}  {h['images_per_s']:.0f} img/s")
+        print(f"  epoch {h['epoch']:6.2f}  loss {h['loss']:.3f}{knn}  {h['images_per_s']:.0f} img/s")
 
     start = time.perf_counter()
     state = backbone_state_dict(outcome.checkpoint_path, cfg.storage)
