@@ -25,6 +25,30 @@ for _key, _value in {
 REPO = Path(__file__).resolve().parents[1]
 SSLPIPE = Path(sys.executable).with_name("sslpipe")
 
+# The longest test files, longest first. pytest-xdist (``--dist loadfile``) hands whole files to its
+# processes in collection order, so a long file collected late runs alone at the end; starting the
+# longest ones first lets the short ones fill the gaps.
+LONGEST_FIRST = (
+    "tests/test_e2e.py",
+    "tests/pretrain/test_pretrain_faults.py",
+    "tests/registry/test_registry.py",
+    "tests/test_methods_pipeline.py",
+    "tests/pretrain/test_pretrain_cluster.py",
+    "tests/pretrain/test_pretrain_force.py",
+    "tests/pretrain/test_pretrain_worker_kill.py",
+    "tests/core/methods/test_method_learning_masked.py",
+    "tests/core/methods/test_method_learning.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+
+    def key(item: pytest.Item) -> int:
+        return rank.get(Path(item.path).resolve().relative_to(REPO).as_posix(), len(rank))
+
+    items.sort(key=key)  # stable: within a file, and for every other file, the order stays
+
 
 def run_sslpipe(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the installed console script as a user would."""

@@ -40,6 +40,7 @@ def test_killed_pipeline_resumes_from_its_s3_checkpoint_without_repeating_ingest
         *fast_training(
             tmp_path,
             "ingest.shard_max_samples=200",
+            "ray.num_workers=1",  # one worker process is enough to write the checkpoints; it starts faster
             f"ray.storage_path={storage_path}",
             f"storage.endpoint_url={s3_endpoint}",
             "storage.access_key_id=testing",
