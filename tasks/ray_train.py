@@ -96,7 +96,7 @@ def _quiet_ray_reports() -> None:
         pass
 
 
-def _newest_in_storage(loop_config: dict[str, Any], cfg: PipelineConfig, rank: int) -> tuple[str | None, int]:
+def _newest_in_storage(loop_config: dict[str, Any], cfg: PipelineConfig, rank: int) -> str | None:
     """The newest complete checkpoint in storage, found by rank 0 and shared with every rank.
 
     Ray hands a restarted worker group the newest checkpoint its controller registered; one that a
@@ -105,10 +105,10 @@ def _newest_in_storage(loop_config: dict[str, Any], cfg: PipelineConfig, rank: i
     found: list[Any] = [None]
     if rank == 0:
         newest = latest_checkpoint(loop_config["storage_path"], loop_config["run_name"], cfg.storage)
-        found = [(newest[0], newest[1].step) if newest is not None else None]
+        found = [newest[0] if newest is not None else None]
     if dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(found, src=0)
-    return found[0] if found[0] is not None else (None, -1)
+    return found[0]
 
 
 class _ProgressReporter:
@@ -165,7 +165,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     checkpoint = ray.train.get_checkpoint()
     # The newest complete checkpoint in storage wins over the one Ray registered: it may be newer
     # (uploaded just before a worker or the driver died), and Ray's may be incomplete (a cut upload).
-    newest, _ = _newest_in_storage(loop_config, cfg, rank)
+    newest = _newest_in_storage(loop_config, cfg, rank)
     if newest:
         checkpoint = None
         with local_folder(newest, cfg.storage) as d:

@@ -56,6 +56,17 @@ def run_sslpipe(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Compl
     return subprocess.run([str(SSLPIPE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def require_private_mounts(folder: Path) -> None:
+    """Skip the calling test, with the reason, where ``folder`` cannot be covered by a tmpfs in a
+    private mount namespace (``unshare``; needs root or user namespaces)."""
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs -o size=64k none "{folder}"'],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespaces here: {(probe.stderr or probe.stdout).strip()[:200]}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from s3_fault_proxy import FaultProxy
 
-from conftest import REPO, SSLPIPE
+from conftest import REPO, SSLPIPE, require_private_mounts
 from sslcore.config import IngestConfig, StorageConfig, load_config
 from sslcore.data.ingest import ingest
 from sslcore.data.manifest import ManifestError, read_manifest
@@ -216,15 +216,6 @@ def test_checkpoint_upload_rides_out_throttling_and_a_cut_upload_is_never_taken_
 # --------------------------------------------------------------------------- full disk
 
 
-def _require_private_mounts(tmp_path: Path) -> None:
-    probe = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs -o size=64k none "{tmp_path}"'],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    if probe.returncode != 0:
-        pytest.skip(f"no private mount namespaces here: {(probe.stderr or probe.stdout).strip()[:200]}")
-
-
 def _on_small_tmpfs(folder: Path, size: str, command: str, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run ``command`` (sh, the folder as ``$0``, then ``args``) with ``folder`` a fresh tmpfs of
     ``size``, seen by nothing else; after it, print ``::files`` and every file left there as 'size path'."""
@@ -250,7 +241,7 @@ def test_ingest_on_a_full_disk_fails_in_one_line_and_presents_nothing_as_complet
     command with one ``error:`` line naming the folder, and no manifest or record says it completed."""
     from prefect.settings import PREFECT_API_URL
 
-    _require_private_mounts(tmp_path)
+    require_private_mounts(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
@@ -311,7 +302,7 @@ def test_a_checkpoint_that_does_not_fit_on_disk_fails_and_is_never_taken_as_comp
     """Checkpoint storage (``ray.storage_path``, local) on a 512 KB tmpfs: Ray's copy of a checkpoint
     that does not fit raises ENOSPC, ``save_state`` into it raises too, and ``latest_checkpoint``
     still answers with the last complete checkpoint, not the truncated ones."""
-    _require_private_mounts(tmp_path)
+    require_private_mounts(tmp_path)
     storage = tmp_path / "storage"
     storage.mkdir()
     result = _on_small_tmpfs(storage, "512k", '"$1" -c "$2" "$0"', sys.executable, CHECKPOINT_ON_FULL_DISK, cwd=REPO)

@@ -20,7 +20,7 @@ import psutil
 import pytest
 from pretrain_helpers import fast_training, ingest_digits, quiet_env
 
-from conftest import SSLPIPE, free_port
+from conftest import SSLPIPE, free_port, require_private_mounts
 from tasks.records import PretrainRecord
 
 pytestmark = pytest.mark.slow
@@ -96,12 +96,7 @@ def test_pretrain_by_address_runs_workers_on_both_nodes(tmp_path: Path, two_node
 
     # A third node in its own mount namespace, where the test's folder is an empty tmpfs: it cannot
     # see the shards or the checkpoints, and the stage must say so before any work starts.
-    probe = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs none "{tmp_path}"'],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    if probe.returncode != 0:
-        pytest.skip(f"no private mount namespaces here: {(probe.stderr or probe.stdout).strip()[:200]}")
+    require_private_mounts(tmp_path)
     blind = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c",
          f'mount -t tmpfs none "{tmp_path}" && exec "{RAY}" start --address={address} --node-ip-address=127.0.0.1 '
