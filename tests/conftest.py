@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from servers import MlflowServer, MotoServer, free_port  # noqa: F401 - free_port: tests import it from here
 
 for _key, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -67,35 +64,12 @@ def require_private_mounts(folder: Path) -> None:
         pytest.skip(f"no private mount namespaces here: {(probe.stderr or probe.stdout).strip()[:200]}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto in server mode on 127.0.0.1 (as s3fs's own tests do): a real S3 HTTP endpoint."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.2)
-    else:  # pragma: no cover
-        proc.kill()
-        raise RuntimeError("moto server did not start")
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=30)
+    server = MotoServer().start()
+    yield server.endpoint
+    server.stop()
 
 
 @pytest.fixture
@@ -134,54 +108,10 @@ def local_ray():
     ray.shutdown()
 
 
-class MlflowServer:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination", (self.root / "artifacts").as_uri(),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]  # fmt: skip
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(  # its own process group, so that stop() reaches uvicorn and the job runners
-            cmd, stdout=log, stderr=log, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, start_new_session=True
-        )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError(f"mlflow server did not start; see {self.root / 'server.log'}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-            self.proc = None
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """One server per test module (tests use their own model names); restartable by a test."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    server.start()
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
     env = {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}  # fmt: skip
     saved = {k: os.environ.get(k) for k in env}

@@ -9,11 +9,15 @@ meet a real ``ENOSPC``.
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import os
+import random
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from conftest import REPO, SSLPIPE, require_private_mounts
 from sslcore.config import IngestConfig, StorageConfig, load_config
 from sslcore.data.ingest import ingest
 from sslcore.data.manifest import ManifestError, read_manifest
+from sslcore.data.stream import read_shard
 from sslcore.storage import StorageError, filesystem
 
 pytestmark = pytest.mark.slow
@@ -315,3 +320,46 @@ def test_a_checkpoint_that_does_not_fit_on_disk_fails_and_is_never_taken_as_comp
     assert "save 12" in out, "save_state into a full disk raises (torch's message does not say that the disk is full)"
     assert any("step-00000008/" in name for name in files), f"the cut copy left files behind: {files}"
     assert out["latest"] == [f"{storage}/ray_results/run/step-00000004", 4], "the cut ones are not taken as complete"
+
+
+def _big_shard(fs, url: str, members: int, size: int) -> list[str]:
+    """A tar shard of ``members`` samples of ``size`` random bytes each; their keys."""
+    rng = random.Random(0)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(members):
+            info = tarfile.TarInfo(f"{i:06d}.bin")
+            info.size = size
+            tar.addfile(info, io.BytesIO(rng.randbytes(size)))
+    fs.pipe_file(url, buf.getvalue())
+    return [f"{i:06d}" for i in range(members)]
+
+
+def test_training_reads_ride_out_an_outage_mid_shard_and_fail_clearly_when_it_lasts(
+    s3_endpoint: str, s3_bucket: str, proxy: FaultProxy
+) -> None:
+    """A shard larger than s3fs's read block (50 MB) is fetched in ranged GETs. The endpoint goes
+    down after the first and comes back: the reader opens the shard again and goes on where it
+    broke off, every sample once and in order (a storage outage is not corruption: nothing is
+    skipped). An outage that outlasts the retries raises StorageError naming the shard."""
+    url = f"s3://{s3_bucket}/big/shard-000000.tar"
+    fs, _ = filesystem(url, StorageConfig(endpoint_url=s3_endpoint))
+    keys = _big_shard(fs, url, members=60, size=1_000_000)
+    storage = StorageConfig(endpoint_url=proxy.url, max_attempts=2)
+
+    def tar_get(method: str, path: str) -> bool:
+        return method == "GET" and path.split("?", 1)[0].endswith(".tar")
+
+    proxy.down_after(1, match=tar_get)  # the first block comes back, the second GET meets the outage
+    up = threading.Timer(3.0, proxy.up)
+    up.start()
+    read = [s["__key__"] for s in read_shard(url, storage, waits=(2.0, 4.0, 8.0))]
+    up.join()
+    assert read == keys
+    gets = [r for r in proxy.log if tar_get(r.method, r.path)]
+    assert [r.outcome for r in gets][:2] == ["forwarded", "failed"] and gets[-1].outcome == "forwarded", gets
+
+    proxy.down()
+    with pytest.raises(StorageError, match=r"reading shard s3://.*/big/shard-000000\.tar") as failed:
+        list(read_shard(url, storage, waits=(0.1, 0.1)))
+    assert "storage.max_attempts=2" in str(failed.value)

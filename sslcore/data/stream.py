@@ -26,7 +26,7 @@ from sslcore.config import StorageConfig, TrainConfig
 from sslcore.data.images import decode_rgb
 from sslcore.data.manifest import Manifest
 from sslcore.distributed import sum_over_ranks
-from sslcore.storage import storage_options
+from sslcore.storage import StorageError, storage_errors, storage_options
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,40 @@ def iter_tar_samples(urls: list[str], storage: StorageConfig | None = None) -> I
         with fsspec.open(url, "rb", **storage_options(url, storage)) as stream:
             files = tariterators.tar_file_expander([{"url": url, "stream": stream}])
             yield from tariterators.group_by_keys(files)
+
+
+#: Waits before a training reader opens a shard again after a storage failure (an S3 outage that
+#: outlasted botocore's own retries, ``storage.max_attempts``); after the last, the run fails and
+#: Ray Train restarts it from its newest checkpoint.
+REOPEN_WAITS_S = (5.0, 10.0, 20.0, 40.0)
+
+
+def read_shard(
+    url: str, storage: StorageConfig | None = None, waits: tuple[float, ...] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The samples of one shard, in order, surviving storage outages: when reading ``s3://`` fails
+    with a storage failure (not a damaged tar, a missing object or denied access), the shard is
+    opened again after the next of ``waits`` and the samples already yielded are skipped, so the
+    reader sees every sample once, in the same order. Raises :class:`~sslcore.storage.StorageError`
+    when the waits are used up (default :data:`REOPEN_WAITS_S`)."""
+    waits = REOPEN_WAITS_S if waits is None else waits
+    done = 0
+    for attempt in range(len(waits) + 1):
+        seen = 0
+        try:
+            with storage_errors(url, storage, "reading shard"):
+                for sample in iter_tar_samples([url], storage):
+                    seen += 1
+                    if seen > done:
+                        done = seen
+                        yield sample
+            return
+        except StorageError as exc:
+            if attempt == len(waits):
+                raise
+            wait = waits[attempt]
+            log.warning("reading %s failed after %d samples (%s); opening it again in %.0f s", url, done, exc, wait)
+            time.sleep(wait)
 
 
 def assign(items: int, slot: int, slots: int) -> list[int]:
@@ -100,7 +134,10 @@ class TrainStream(IterableDataset[tuple[list[torch.Tensor], int]]):
     same ``W``, ``K`` and ``batch_size``, and as long as no sample before the position was corrupt.
 
     **Corrupt samples.** A member that fails to decode, or a shard that fails to read, is skipped
-    with a warning. Each item is ``(views, skipped)``, where ``skipped`` counts what this reader
+    with a warning. A storage outage is not corruption: the shard is read again where it broke off
+    (:func:`read_shard`), and an outage that outlasts those retries fails the run.
+
+    Each item is ``(views, skipped)``, where ``skipped`` counts what this reader
     dropped since its previous item; the training loop sums them and enforces a bound.
     """
 
@@ -177,10 +214,12 @@ class TrainStream(IterableDataset[tuple[list[torch.Tensor], int]]):
         i = 0
         for url in mine:
             try:
-                for sample in iter_tar_samples([url], self.storage):
+                for sample in read_shard(url, self.storage):
                     if keep is None or i % slots == keep:
                         yield sample
                     i += 1
+            except StorageError:
+                raise  # the store, not the shard: fail the run (Ray restarts it from its checkpoint)
             except SHARD_ERRORS as exc:
                 log.warning("skipping the rest of shard %s: %s: %s", url, type(exc).__name__, exc)
                 yield {"__key__": f"{url}#unreadable", "__error__": f"{type(exc).__name__}: {exc}"}
@@ -292,14 +331,15 @@ def load_split_arrays(
     limit: int | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """All images of a split (or its first ``limit``) as uint8 (H, W, 3) arrays, in shard order,
-    with their labels (-1 if none)."""
+    with their labels (-1 if none). Shards are read with :func:`read_shard`'s retries."""
     images: list[np.ndarray] = []
     labels: list[int] = []
-    for sample in iter_tar_samples(shard_urls(manifest, folder, split), storage):
-        if limit is not None and len(images) >= limit:
-            break
-        images.append(np.asarray(decode_rgb(_image_bytes(sample)), dtype=np.uint8))
-        labels.append(int(sample["cls"]) if "cls" in sample else -1)
+    for url in shard_urls(manifest, folder, split):
+        for sample in read_shard(url, storage):
+            if limit is not None and len(images) >= limit:
+                break
+            images.append(np.asarray(decode_rgb(_image_bytes(sample)), dtype=np.uint8))
+            labels.append(int(sample["cls"]) if "cls" in sample else -1)
     return images, np.asarray(labels, dtype=np.int64)
 
 

@@ -6,18 +6,15 @@ A plain module, not a ``conftest.py`` (see tests/core/data/sslcore_data_testing.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
-
 from conftest import SSLPIPE
+from servers import kill_tree  # noqa: F401 - the pretrain tests import it from here
 from sslcore.config import IngestConfig
 from sslcore.data.ingest import ingest
 from sslcore.storage import join
@@ -66,21 +63,6 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str], log: Path) -> subproce
     return subprocess.Popen(
         [str(SSLPIPE), *args], cwd=cwd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
     )
-
-
-def kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the CLI's whole session, and any process it started that moved out of it (Ray
-    daemons): the way a node crash or an OOM kill ends a stage, with no chance to clean up."""
-    try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    proc.wait(timeout=60)
 
 
 STEP_DIR = re.compile(r"step-(\d{8})$")
