@@ -222,7 +222,7 @@ def plain_loop(
     """``--warmup`` + ``--steps`` optimizer steps on ``next_batch()``; the timed steps' rate."""
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg).to(device)
-    channels_last = device.type == "cuda" and cfg.train.channels_last
+    channels_last = cfg.train.channels_last
     if channels_last:  # as the stage does
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method, cfg.train)

@@ -191,9 +191,10 @@ class AugmentConfig(StrictModel):
     grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
     blur_p: float = Field(0.0, ge=0.0, le=1.0)
     on_device: bool = Field(
-        False,
-        description="Run the per-sample augmentations batched on the training device (for GPUs); "
-        "loader processes then only decode and resize.",
+        True,
+        description="Run the per-sample augmentations batched on the training device (a GPU, or the training "
+        "process's CPU threads); loader processes then only decode and resize. false: per-image PIL/torchvision "
+        "views in the loader processes.",
     )
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -220,14 +221,18 @@ class TrainConfig(StrictModel):
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
     loader_workers: NonNegativeInt = Field(1, description="DataLoader processes per Ray worker.")
     loader_nice: int = Field(
-        0,
+        10,
         ge=0,
         le=19,
         description="Niceness added to the DataLoader processes: on a CPU, where they share the cores with the "
         "training threads, a positive value lets the training threads win them.",
     )
     amp: bool = Field(True, description="bf16 autocast when a CUDA device is used.")
-    channels_last: bool = Field(True, description="channels_last memory format on CUDA (faster convolutions).")
+    channels_last: bool = Field(
+        True,
+        description="channels_last memory format: faster convolutions on CUDA and on CPUs (oneDNN; SimCLR on a "
+        "ResNet-18 at 32 px trains ~25% faster on 2 cores).",
+    )
     compile: bool = Field(False, description="torch.compile the method (slow first steps, faster after).")
     checkpoint_every_steps: PositiveInt | None = Field(
         None, description="Also checkpoint every N optimizer steps; default only at the end of each epoch."

@@ -130,7 +130,7 @@ def train_step(
         lr: Learning rate for this step.
         device: Where to compute.
         amp: bf16 autocast on CUDA.
-        channels_last: Move 4-D views to channels-last memory (with a channels-last model on CUDA).
+        channels_last: Move 4-D views to channels-last memory (with a channels-last model).
         values: The method's scheduled values for this step (``method.step_values(step, plan)``).
             When given, they are passed to ``forward``, ``values.weight_decay`` (if set) is applied
             to the decaying parameter group, and the method's ``before_optimizer_step`` (gradient

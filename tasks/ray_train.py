@@ -158,7 +158,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     plan = plan_steps(cfg, manifest.split("train").samples)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     method = build_method(cfg).to(device)
-    if cuda and cfg.train.channels_last:
+    if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method, cfg.train)
     state = TrainState()
@@ -236,7 +236,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             amp=cfg.train.amp,
             seed=cfg.train.seed,
             rank=rank,
-            channels_last=cuda and cfg.train.channels_last,
+            channels_last=cfg.train.channels_last,
             on_step=reporter,
         )
         compute_s += time.perf_counter() - start

@@ -17,6 +17,7 @@ signatures unless told to) answers path-style requests whatever their host. Boun
 from __future__ import annotations
 
 import http.client
+import sys
 import threading
 import time
 import uuid
@@ -43,7 +44,14 @@ class Request:
     at: float  # time.monotonic() when it was answered
 
 
-Match = Callable[[str, str], bool]  # (method, path) -> whether a fault applies to this request
+Match = Callable[[str, str], bool]
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a killed process) is not an error of the proxy's."""
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)  # (method, path) -> whether a fault applies to this request
 
 
 class FaultProxy:
@@ -60,7 +68,7 @@ class FaultProxy:
         self._down_until: float | None = None
         self._down_after: list[Any] | None = None  # [remaining forwards, match, status, code]
         self.log: list[Request] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="s3-fault-proxy", daemon=True)
