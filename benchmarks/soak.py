@@ -8,7 +8,8 @@ fault-injecting proxy of ``tests/s3_fault_proxy.py``. Both runs train the same n
 
 The disturbed run meets, every ``--every`` seconds, the next fault of this cycle:
 
-* **throttle**: the next 10 S3 requests get ``503 SlowDown``;
+* **throttle**: for 5 s every S3 request gets ``503 SlowDown`` (by time, as S3 throttles: a burst of
+  N failed requests would be an outage of one request when nothing else is sending);
 * **worker**: one Ray Train worker process is SIGKILLed (``ray.max_failures`` allows them);
 * **outage**: the S3 endpoint answers nothing but ``503`` for ``--outage`` seconds;
 * **flow** (once, when a checkpoint is on S3): the whole ``sslpipe run`` (flow, driver, its Ray) is
@@ -19,12 +20,14 @@ a worker kill when no worker is running (ingest, evaluation) becomes a throttle.
 MLflow server is stopped, the task fails against it, and the server is back ``--mlflow-down``
 seconds later, within the task's retries.
 
+Run it alone on the machine: worker kills pick any Ray Train worker process on it.
+
 Printed: the faults with their times, both runs' evaluation side by side with the difference, and
 the checks: the planned steps were all trained, one model version per run, as many shard objects on
 S3 as the manifest lists, at most ``ray.checkpoints_to_keep`` checkpoints left. Writes
 ``soak.json`` in the work folder.
 
-    python benchmarks/soak.py                                  # ~40 min on a 2-core CPU
+    python benchmarks/soak.py                                  # ~25 min on a 2-core CPU
     python benchmarks/soak.py --limit 3000 --epochs 2 --every 30 --checkpoint-every 10   # smoke run
 """
 
@@ -76,7 +79,7 @@ def settings(args: argparse.Namespace, work: Path, label: str, endpoint: str) ->
         "method.name=simclr",
         "augment.hflip_p=0.5",
         "augment.crop_scale=[0.5, 1.0]",
-        "train.batch_size=256",
+        f"train.batch_size={args.batch_size}",
         f"train.epochs={args.epochs}",
         "train.warmup_epochs=1",
         f"train.checkpoint_every_steps={args.checkpoint_every}",
@@ -153,8 +156,8 @@ class Chaos:
 
     def inject(self, kind: str) -> None:
         if kind == "throttle":
-            self.proxy.fail(10, status=503, code="SlowDown")
-            self.note(kind, "the next 10 S3 requests get 503 SlowDown")
+            self.proxy.outage(5.0, code="SlowDown")
+            self.note(kind, "S3 answers 503 SlowDown to everything for 5 s")
         elif kind == "outage":
             self.proxy.outage(self.args.outage)
             self.note(kind, f"S3 answers 503 to everything for {self.args.outage:.0f} s")
@@ -307,10 +310,11 @@ def checks(run: Run, s3: Any, mlflow: MlflowServer) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", default="/usr/share/datasets/fashion-mnist", help="Folder with the IDX files.")
-    parser.add_argument("--limit", type=int, default=20000, help="Images of each split to use (test: 10,000 at most).")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--limit", type=int, default=10000, help="Images of each split to use (test: 10,000 at most).")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--checkpoint-every", type=int, default=100, help="train.checkpoint_every_steps.")
-    parser.add_argument("--every", type=float, default=75.0, help="Seconds between faults.")
+    parser.add_argument("--every", type=float, default=60.0, help="Seconds between faults.")
     parser.add_argument("--outage", type=float, default=20.0, help="Seconds of each S3 outage.")
     parser.add_argument("--mlflow-down", type=float, default=20.0, help="Seconds MLflow is down at registration.")
     parser.add_argument("--work", default=None, help="Work folder (default: a temporary one, kept).")
