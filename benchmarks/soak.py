@@ -294,6 +294,7 @@ def checks(run: Run, s3: Any, mlflow: MlflowServer) -> dict[str, Any]:
     run_id = run.records["register"]["run_id"]
     key = client.get_run(run_id).data.tags.get("sslpipe.idempotency_key")
     experiment = client.get_experiment_by_name("sslpipe-soak")
+    assert experiment is not None, "the runs log to the sslpipe-soak experiment"
     mlflow_runs = client.search_runs([experiment.experiment_id], f"tags.`sslpipe.idempotency_key` = '{key}'")
     return {
         "steps": pretrain["steps"],

@@ -34,7 +34,7 @@ from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 from sslcore.config import CACHED_STAGES, PipelineConfig
 from sslcore.data.ingest import ingest_fingerprint
 from sslcore.data.sources import open_source
-from sslcore.storage import filesystem, is_remote, join, storage_options
+from sslcore.storage import filesystem, is_file, is_remote, join, storage_errors, storage_options
 from sslcore.train import META_FILE
 from tasks.records import IngestRecord, PretrainRecord
 from tasks.runtime import ray_storage_path
@@ -149,4 +149,7 @@ def outputs_exist(record: Any, config: PipelineConfig) -> bool:
     else:
         return True
     fs, path = filesystem(url, config.storage)
-    return bool(fs.exists(path))
+    # This runs in the flow, outside any task's retries: an S3 that cannot be reached is neither
+    # taken for a missing output (which would run the stage again) nor a traceback, but one line.
+    with storage_errors(url, config.storage, "checking the cached output"):
+        return is_file(fs, path)

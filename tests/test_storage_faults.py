@@ -363,3 +363,22 @@ def test_training_reads_ride_out_an_outage_mid_shard_and_fail_clearly_when_it_la
     with pytest.raises(StorageError, match=r"reading shard s3://.*/big/shard-000000\.tar") as failed:
         list(read_shard(url, storage, waits=(0.1, 0.1)))
     assert "storage.max_attempts=2" in str(failed.value)
+
+
+def test_the_flows_cache_check_fails_in_one_line_when_s3_is_down(s3_bucket: str, proxy: FaultProxy) -> None:
+    """The flow checks that a cached stage's outputs still exist, outside any task (no retries): an
+    outage there is a StorageError line, never a missing output (which would run the stage again)."""
+    from tasks.caching import outputs_exist
+    from tasks.records import IngestRecord
+
+    folder = f"s3://{s3_bucket}/cached"
+    record = IngestRecord(
+        shard_folder=folder, manifest_path=f"{folder}/manifest.json", fingerprint="f", samples={},
+        num_classes=0, rejected=0, reused=False, duration_s=0.0,
+    )  # fmt: skip
+    cfg = load_config(None, [f"storage.endpoint_url={proxy.url}", "storage.max_attempts=2"])
+    proxy.down()
+    with pytest.raises(StorageError, match=r"checking the cached output s3://.*/cached/manifest\.json"):
+        outputs_exist(record, cfg)
+    proxy.up()
+    assert outputs_exist(record, cfg) is False  # really missing
