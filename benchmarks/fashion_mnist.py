@@ -37,13 +37,16 @@ from sslcore.train import backbone_state_dict
 # workers of one core, views made batched in the training process). Crops of at least half the
 # image: Fashion-MNIST's items are centred and whole, and smaller crops (0.2, 0.08) gave a lower kNN
 # accuracy at the same step count (docs/evaluation.md).
-DEFAULTS = [
+RECIPE = [  # model, method and views; benchmarks/soak.py trains the same
     "model.backbone=resnet10t",
     "model.small_image_stem=false",
     "model.image_size=32",
     "method.name=simclr",
     "augment.hflip_p=0.5",
     "augment.crop_scale=[0.5, 1.0]",
+]
+DEFAULTS = [
+    *RECIPE,
     "train.batch_size=256",
     "train.epochs=200",  # an upper bound: the time budget decides
     "train.warmup_epochs=1",

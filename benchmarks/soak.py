@@ -53,6 +53,7 @@ import s3fs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the servers and the proxy the tests use
+from fashion_mnist import RECIPE  # noqa: E402  (this script's folder is on sys.path)
 from s3_fault_proxy import FaultProxy  # noqa: E402
 
 from servers import MlflowServer, MotoServer, kill_tree  # noqa: E402
@@ -73,12 +74,7 @@ def settings(args: argparse.Namespace, work: Path, label: str, endpoint: str) ->
         f"ingest.output={prefix}/shards",
         f"storage.endpoint_url={endpoint}",
         "storage.region=us-east-1",
-        "model.backbone=resnet10t",
-        "model.small_image_stem=false",
-        "model.image_size=32",
-        "method.name=simclr",
-        "augment.hflip_p=0.5",
-        "augment.crop_scale=[0.5, 1.0]",
+        *RECIPE,
         f"train.batch_size={args.batch_size}",
         f"train.epochs={args.epochs}",
         "train.warmup_epochs=1",
