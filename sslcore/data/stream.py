@@ -335,6 +335,8 @@ def load_split_arrays(
     images: list[np.ndarray] = []
     labels: list[int] = []
     for url in shard_urls(manifest, folder, split):
+        if limit is not None and len(images) >= limit:
+            break  # no shard past the limit is opened
         for sample in read_shard(url, storage):
             if limit is not None and len(images) >= limit:
                 break
