@@ -239,8 +239,9 @@ class TrainConfig(StrictModel):
     )
     time_budget_s: PositiveFloat | None = Field(
         None,
-        description="Fit training into this many seconds: after the first epoch the run is re-planned to the "
-        "epochs that fit (at most train.epochs), so that the schedules still run to their end.",
+        description="Fit training into this many seconds: after every epoch the run is re-planned to the "
+        "steps that fit the rest of the budget at the last epoch's pace (at most train.epochs), so that the "
+        "schedules still run to their end.",
     )
     knn_monitor_samples: NonNegativeInt = Field(
         1000,

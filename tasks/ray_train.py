@@ -23,7 +23,16 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
+from ray.exceptions import RayActorError
+from ray.train import (
+    CheckpointConfig,
+    ControllerError,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+    TrainingFailedError,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import Tensor
 
@@ -49,6 +58,7 @@ from sslcore.train import (
     save_state,
 )
 from sslcore.transforms import MultiView
+from tasks import ray_groups
 
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -74,14 +84,16 @@ def _step_of(checkpoint_path: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def _steps_in_budget(cfg: PipelineConfig, epoch_s: float, epoch_steps: int, plan: StepPlan) -> int:
-    """How many steps fit ``train.time_budget_s`` at the first epoch's pace (``epoch_steps`` steps in
-    ``epoch_s`` seconds, the work between epochs included): at least the steps done, at most
-    ``train.epochs`` epochs, and the last epoch may be partial. Rank 0 decides, so that every rank
-    runs the same plan."""
+def _steps_in_budget(cfg: PipelineConfig, spent_s: float, pace: float, step: int, plan: StepPlan) -> int:
+    """How many steps in all fit ``train.time_budget_s``: ``spent_s`` seconds of it are spent (the
+    finished epochs, the work between them included) and ``step`` steps done, and the rest goes at
+    ``pace`` steps per second (the last epoch's). At least the steps done, at most ``train.epochs``
+    epochs; the last epoch may be partial. Made after every epoch, so that a pace that changes
+    (a loaded machine, a slower later epoch) does not overrun the budget. Rank 0 decides, so that
+    every rank runs the same plan."""
     budget = cfg.train.time_budget_s or 0.0
-    fit = int(budget * epoch_steps / max(epoch_s, 1e-9))
-    total = [max(epoch_steps, min(cfg.train.epochs * plan.steps_per_epoch, fit))]
+    more = int(max(budget - spent_s, 0.0) * pace)
+    total = [max(step, min(cfg.train.epochs * plan.steps_per_epoch, step + more))]
     if dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(total, src=0)
     return int(total[0])
@@ -266,18 +278,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 metrics["knn_top1"] = monitor(api.backbone, device)
             metrics["epoch_time_s"] = time.perf_counter() - epoch_wall
             state.history.append(metrics)
-            if cfg.train.time_budget_s and state.planned_steps is None:
-                state.planned_steps = _steps_in_budget(cfg, metrics["epoch_time_s"], epoch_steps, plan)
-                plan = plan_steps(cfg, samples, total_steps=state.planned_steps)
-                if reporter is not None:
-                    reporter.total = plan.total_steps
-                if rank == 0:
-                    print(
-                        f"time budget {cfg.train.time_budget_s:.0f} s at {metrics['epoch_time_s']:.1f} s per epoch: "
-                        f"{plan.total_steps} steps ({plan.total_steps / plan.steps_per_epoch:.2f} of "
-                        f"{cfg.train.epochs} epochs), schedules re-planned to fit",
-                        flush=True,
-                    )
+            if cfg.train.time_budget_s and state.step < plan.total_steps:
+                spent = sum(h.get("epoch_time_s", 0.0) for h in state.history)
+                pace = epoch_steps / max(metrics["epoch_time_s"], 1e-9)
+                planned = _steps_in_budget(cfg, spent, pace, state.step, plan)
+                if planned != state.planned_steps:
+                    first = state.planned_steps is None
+                    state.planned_steps = planned
+                    plan = plan_steps(cfg, samples, total_steps=planned)
+                    if reporter is not None:
+                        reporter.total = plan.total_steps
+                    if rank == 0:
+                        print(
+                            f"time budget {cfg.train.time_budget_s:.0f} s, {spent:.0f} s spent, "
+                            f"{metrics['epoch_time_s']:.1f} s per epoch: {plan.total_steps} steps "
+                            f"({plan.total_steps / plan.steps_per_epoch:.2f} of {cfg.train.epochs} epochs), "
+                            f"schedules {'re-planned to fit' if first else 'adjusted to the pace'}",
+                            flush=True,
+                        )
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:  # only rank 0 writes; every rank reports
@@ -526,11 +544,27 @@ def fit(
     if found is not None and found[1].step >= plan.total_steps:
         print(f"{run_name} already finished ({found[1].step} steps): reusing {found[0]}", flush=True)
         return TrainOutcome(run_name=run_name, storage_path=storage_path, checkpoint_path=found[0], state=found[1])
+    restarts = 0
     with _progress_queue(progress) as queue:
-        try:
-            result = _fit(cfg, shard_folder, storage_path, run_name, queue)
-        except TrainingFailedError as exc:
-            raise TrainingRunFailed(_failure_message(cfg, storage_path, run_name, plan.total_steps, exc)) from exc
+        while True:
+            try:
+                with ray_groups.LeakWatch():
+                    result = _fit(cfg, shard_folder, storage_path, run_name, queue)
+                break
+            except TrainingFailedError as exc:
+                released = _release_groups()
+                if _worker_lost_at_start(exc) and restarts < cfg.ray.max_failures:
+                    restarts += 1
+                    print(
+                        f"a worker died while its group was starting ({_cause(exc)}), which Ray Train does not "
+                        f"count as a worker failure; starting the run again from its newest checkpoint "
+                        f"({restarts} of ray.max_failures={cfg.ray.max_failures}"
+                        f"{'; released ' + str(len(released)) + ' placement group(s) it left' if released else ''})",
+                        flush=True,
+                    )
+                    continue
+                message = _failure_message(cfg, storage_path, run_name, plan.total_steps, exc, restarts)
+                raise TrainingRunFailed(message) from exc
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} finished without a checkpoint")
     prune_unregistered(storage_path, run_name, cfg.storage, keep=cfg.ray.checkpoints_to_keep)
@@ -545,12 +579,35 @@ def fit(
 
 
 class TrainingRunFailed(RuntimeError):
-    """The Ray Train run failed for good (after ``ray.max_failures`` worker-group restarts); its
-    newest complete checkpoint stays in storage, and running the stage again resumes from it."""
+    """The Ray Train run failed for good (after ``ray.max_failures`` worker-group restarts, or in
+    Ray Train's controller); its newest complete checkpoint stays in storage, and running the stage
+    again resumes from it."""
 
 
-def _failure_message(cfg: PipelineConfig, storage_path: str, run_name: str, total: int, exc: Exception) -> str:
+def _cause(exc: Exception) -> str:
+    """The first line that says what went wrong: Ray's message puts it on the second line."""
     cause = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).strip())
+    inner = getattr(exc, "controller_failure", None)
+    return f"{type(inner).__name__ if inner is not None else type(exc).__name__}: {cause[:300]}"
+
+
+def _worker_lost_at_start(exc: Exception) -> bool:
+    """A worker died in a part of the worker group's start that Ray Train handles as an error of its
+    controller, not of the group, and so neither retries nor counts against ``max_failures``."""
+    return isinstance(exc, ControllerError) and isinstance(exc.controller_failure, RayActorError)
+
+
+def _release_groups() -> list[str]:
+    try:
+        return ray_groups.release()
+    except Exception as exc:  # the state API is unreachable: the failure itself is the news
+        print(f"could not look for placement groups the failed run left: {exc}", flush=True)
+        return []
+
+
+def _failure_message(
+    cfg: PipelineConfig, storage_path: str, run_name: str, total: int, exc: Exception, restarts: int = 0
+) -> str:
     newest = latest_checkpoint(storage_path, run_name, cfg.storage)
     kept = (
         f"its newest complete checkpoint, {newest[0]} (step {newest[1].step} of {total}), is kept: run the stage "
@@ -558,10 +615,16 @@ def _failure_message(cfg: PipelineConfig, storage_path: str, run_name: str, tota
         if newest is not None
         else "it wrote no complete checkpoint, so a new attempt starts from step 0"
     )
-    return (
-        f"training run {run_name} failed after ray.max_failures={cfg.ray.max_failures} restarts of its worker "
-        f"group ({type(exc).__name__}: {cause[:300]}); {kept}"
-    )
+    if _worker_lost_at_start(exc):
+        what = (
+            f"failed: its workers died while starting {restarts + 1} times, more than "
+            f"ray.max_failures={cfg.ray.max_failures} allows"
+        )
+    elif isinstance(exc, ControllerError):
+        what = "failed in Ray Train's controller"
+    else:
+        what = f"failed after ray.max_failures={cfg.ray.max_failures} restarts of its worker group"
+    return f"training run {run_name} {what} ({_cause(exc)}); {kept}"
 
 
 def _fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str, queue: Any) -> Any:
