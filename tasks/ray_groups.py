@@ -36,7 +36,7 @@ def this_jobs_groups() -> list[Any]:
 
     groups = list_placement_groups(
         address=ray.get_runtime_context().gcs_address,
-        filters=[("creator_job_id", "=", ray.get_runtime_context().get_job_id())],
+        filters=[("creator_job_id", "=", ray.get_runtime_context().get_job_id()), ("state", "!=", "REMOVED")],
         raise_on_missing_output=False,
     )
     return [g for g in groups if g.state in (HOLDING, WAITING)]

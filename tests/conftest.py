@@ -24,7 +24,9 @@ SSLPIPE = Path(sys.executable).with_name("sslpipe")
 
 # The longest test files, longest first. pytest-xdist (``--dist loadfile``) hands whole files to its
 # processes in collection order, so a long file collected late runs alone at the end; starting the
-# longest ones first lets the short ones fill the gaps.
+# longest ones first lets the short ones fill the gaps. xdist would re-sort the files by their number
+# of tests (most first), which puts the long one-test files last: ``--no-loadscope-reorder`` in
+# pyproject.toml keeps this order.
 LONGEST_FIRST = (
     "tests/test_e2e.py",
     "tests/pretrain/test_pretrain_faults.py",
