@@ -370,6 +370,7 @@ class StageTimeouts(StrictModel):
     pretrain: PositiveFloat = 72 * 3600
     evaluate: PositiveFloat = 6 * 3600
     register: PositiveFloat = 3600
+    promote: PositiveFloat = 3600
 
 
 class StageRetries(StrictModel):
@@ -379,6 +380,7 @@ class StageRetries(StrictModel):
     pretrain: NonNegativeInt = 1
     evaluate: NonNegativeInt = 2
     register: NonNegativeInt = 3
+    promote: NonNegativeInt = 3
 
 
 class FlowConfig(StrictModel):

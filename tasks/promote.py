@@ -257,7 +257,7 @@ def _f(value: object) -> str:
 @task(
     name="promote",
     retries=3,
-    retry_delay_seconds=[5, 15, 45],
+    retry_delay_seconds=[10, 20, 40],  # the defaults of flow.retry_delay_s; promote_flow passes the config's
     retry_condition_fn=retry_unless_user_error,
     cache_policy=NO_CACHE,
     tags=["sslpipe", "promote", "mlflow"],

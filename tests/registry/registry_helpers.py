@@ -14,7 +14,9 @@ from tasks.records import EvaluateRecord, IngestRecord, PretrainRecord
 
 
 def config(work: Path, *extra: str) -> PipelineConfig:
-    return load_config(None, [f"work_dir={work}", "model.backbone=resnet10t", *extra])
+    # retries 5, 10, 20 s apart: room for a restarted MLflow server to come back, without the
+    # default's 10, 20, 40 s
+    return load_config(None, [f"work_dir={work}", "model.backbone=resnet10t", "flow.retry_delay_s=5", *extra])
 
 
 def training_run(
