@@ -34,8 +34,12 @@ def start_ingest(cfg: IngestConfig, root: str, storage: StorageConfig | None = N
             "storage": storage.model_dump(mode="json") if storage else None,
         }
     )
-    return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, payload], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    return subprocess.Popen(  # its own session: a kill can take its decode pool with it (os.killpg)
+        [sys.executable, "-c", DRIVER, payload],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 

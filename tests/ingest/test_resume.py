@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _kill_then_resume(cfg: IngestConfig, root: str, folder_of, storage: StorageC
     try:
         wait_for(lambda: folder_of() is not None and journal_entries_at(folder_of(), storage) >= 4, timeout=300)
     finally:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the process and its decode pool, as a container kill would
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     folder = folder_of()
