@@ -66,7 +66,6 @@ class LeakWatch:
     def __init__(self, grace_s: float = 15.0, interval_s: float = 5.0) -> None:
         self.grace_s = grace_s
         self.interval_s = interval_s
-        self.removed: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sslpipe-leak-watch", daemon=True)
 
@@ -95,15 +94,8 @@ class LeakWatch:
                     remove(stale)
                 except Exception:
                     continue
-                self.removed += stale
-                for group_id in stale:
-                    suspects.pop(group_id, None)
                 print(
-                    f"removed placement group {group_id_list(stale)}, left holding resources by a worker group "
-                    "whose start failed (a Ray Train leak), so that the next worker group can start",
+                    f"removed placement group {', '.join(g[:12] for g in stale)}, left holding resources by a "
+                    "worker group whose start failed (a Ray Train leak), so that the next worker group can start",
                     flush=True,
                 )
-
-
-def group_id_list(ids: list[str]) -> str:
-    return ", ".join(i[:12] for i in ids)
