@@ -7,12 +7,16 @@
 # channels_last, fused AdamW and pinned, non-blocking copies (sslcore turns these on for CUDA).
 # Prints images/s and achieved TFLOP/s (counted forward+backward FLOPs) against the card's peak.
 #
-#   bash benchmarks/gpu.sh                  # about 3 minutes on an H100
-#   COMPILE=1 bash benchmarks/gpu.sh        # also a torch.compile run (about 2 minutes more)
-#   REPEATS=3 LOADER_WORKERS=12 bash benchmarks/gpu.sh
+#   bash benchmarks/gpu.sh                  # one repeat: about 3.5 minutes on an H100
+#   REPEATS=2 bash benchmarks/gpu.sh        # medians of 2: 6.5 minutes (391 s) on an H100, 2026-11-27
+#   COMPILE=1 bash benchmarks/gpu.sh        # also a torch.compile run (not yet run on a GPU)
+#   LOADER_WORKERS=14 bash benchmarks/gpu.sh
+#   PYTHON=python3 bash benchmarks/gpu.sh   # an interpreter that already has CUDA PyTorch and the
+#                                           # project's runtime packages (a GPU image), no .venv
 #
 # Writes nothing outside the repository but one temporary folder, removed on exit (Ray's session
-# files, compile caches and $HOME-relative caches included); creates .venv if it is missing.
+# files, compile caches and $HOME-relative caches included); creates .venv if it is missing and
+# PYTHON is not set.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,10 +24,14 @@ cd "$repo"
 work="$(mktemp -d -t sslpipe-gpu-XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 
-if [[ ! -x .venv/bin/python ]]; then
+python="${PYTHON:-.venv/bin/python}"
+if [[ -z "${PYTHON:-}" && ! -x .venv/bin/python ]]; then
     echo "== creating .venv (python3.11 -m venv .venv && .venv/bin/pip install -e .)"
     python3.11 -m venv .venv
     PIP_CACHE_DIR="$work/pip" .venv/bin/pip install --quiet -e .
+fi
+if [[ -n "${PYTHON:-}" ]]; then
+    export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"  # the project from this checkout, uninstalled
 fi
 
 export HOME="$work/home" TMPDIR="$work/tmp" RAY_TMPDIR="$work/ray"
@@ -38,24 +46,24 @@ fi
 echo "== GPU"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version,power.limit,clocks.max.sm --format=csv
 nvidia-smi --query-gpu=utilization.gpu,memory.used,temperature.gpu --format=csv,noheader
-.venv/bin/python -c 'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")'
+"$python" -c 'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")'
 
-cores="$(.venv/bin/python -c 'from sslcore.resources import available_cpus; print(available_cpus())')"
+cores="$("$python" -c 'from sslcore.resources import available_cpus; print(available_cpus())')"
 loaders="${LOADER_WORKERS:-$((cores > 4 ? cores / 2 : 2))}"
 args=(
     --device cuda
     --models resnet vit
     --batch-size 256
     --warmup 20 --steps 150 --epoch-steps 50  # stage: 4 epochs of 50 steps, the first untimed
-    --repeats "${REPEATS:-2}"
+    --repeats "${REPEATS:-1}"  # each stage run pays ~52 s of start-up on an H100
     --loader --loader-workers "$loaders"
     --set augment.on_device=true
 )
 start=$SECONDS
 echo "== eager: $cores CPUs, $loaders loader processes"
-.venv/bin/python benchmarks/train_throughput.py "${args[@]}"
+"$python" benchmarks/train_throughput.py "${args[@]}"
 if [[ "${COMPILE:-0}" == 1 ]]; then
     echo "== torch.compile (its compile time falls in the warm-up steps and the stage's first epoch)"
-    .venv/bin/python benchmarks/train_throughput.py "${args[@]}" --repeats 1 --compile
+    "$python" benchmarks/train_throughput.py "${args[@]}" --repeats 1 --compile
 fi
 echo "== done in $((SECONDS - start)) s"

@@ -21,6 +21,17 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def collective_device() -> torch.device:
+    """Where a tensor built for a collective must live: the current GPU under NCCL, else the CPU.
+
+    NCCL reduces CUDA tensors only; a CPU tensor fails with "No backend type associated with
+    device type cpu".
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums every rank's gradient for this rank's slice.
 
@@ -61,10 +72,21 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return out / dist.get_world_size()
 
 
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each value averaged over all ranks (one collective); ``values`` itself outside DDP."""
+    if not is_distributed():
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=collective_device())
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
 def sum_over_ranks(value: int) -> int:
     """An integer summed over all ranks (a collective); ``value`` itself outside DDP."""
     if not is_distributed():
         return value
-    t = torch.tensor([value], dtype=torch.int64)
+    t = torch.tensor([value], dtype=torch.int64, device=collective_device())
     dist.all_reduce(t)
     return int(t.item())

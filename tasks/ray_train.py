@@ -36,6 +36,7 @@ from ray.train import (
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import Tensor
 
+from sslcore import distributed
 from sslcore.config import PipelineConfig, StorageConfig
 from sslcore.data.manifest import read_manifest
 from sslcore.data.stream import CountedBatches, TrainStream, shard_urls, train_loader
@@ -59,16 +60,6 @@ from sslcore.train import (
 )
 from sslcore.transforms import MultiView
 from tasks import ray_groups
-
-
-def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist(), strict=True))
 
 
 def _gather(info: dict[str, Any]) -> list[dict[str, Any]]:
@@ -166,6 +157,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, cfg.ray.cpus_per_worker))
     cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)  # NCCL's object collectives (monitor, data cursor) use the current GPU
 
     plan = plan_steps(cfg, manifest.split("train").samples)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -265,7 +258,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             epoch_steps = state.step - epoch_first_step  # this attempt's steps, if it resumed mid-epoch
             means = pop_means(state)
             health = backbone_health(api.backbone, last_batch[0].to(device))  # label-free collapse guard
-            means = _mean_over_ranks(means | health)
+            means = distributed.mean_over_ranks(means | health)
             warning = collapse_warning(means)
             state.epoch = state.step // plan.steps_per_epoch
             metrics |= {

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, cast
 
 from PIL import Image
 from torch import Tensor, nn
@@ -62,7 +62,6 @@ def momentum_values(step: int, plan: StepPlan, start: float, end: float) -> Step
     )
 
 
-@runtime_checkable
 class Method(Protocol):
     """The members the training loop uses, besides ``forward(views, values=None)``."""
 
@@ -97,12 +96,20 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+# Checked with hasattr, not a runtime-checkable isinstance: from Python 3.12 that looks members up
+# statically, and so misses the submodules (``backbone``) that nn.Module serves from __getattr__.
+METHOD_MEMBERS: tuple[str, ...] = tuple(
+    sorted(set(Method.__annotations__) | {n for n, v in vars(Method).items() if callable(v) and not n.startswith("_")})
+)
+
+
 def as_method(model: nn.Module) -> Method:
     """``model`` (or the method it wraps) as a :class:`Method`; ``TypeError`` if it is not one."""
     method = unwrap(model)
-    if not isinstance(method, Method):
-        raise TypeError(f"{type(method).__name__} does not implement the Method protocol")
-    return method
+    missing = [name for name in METHOD_MEMBERS if not hasattr(method, name)]
+    if missing:
+        raise TypeError(f"{type(method).__name__} does not implement the Method protocol: no {', '.join(missing)}")
+    return cast(Method, method)
 
 
 def check_views(name: str, views: list[Tensor], expected: int) -> None:

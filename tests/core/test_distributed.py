@@ -38,6 +38,42 @@ def test_all_reduce_mean_is_a_detached_copy_in_one_process() -> None:
     assert out.data_ptr() != x.data_ptr()
 
 
+def test_reductions_are_identities_in_one_process() -> None:
+    assert distributed.mean_over_ranks({"loss": 1.5}) == {"loss": 1.5}
+    assert distributed.sum_over_ranks(7) == 7
+    assert distributed.collective_device() == torch.device("cpu")
+
+
+class _Reduced(Exception):
+    pass
+
+
+def test_tensors_for_reductions_live_where_nccl_needs_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NCCL reduces CUDA tensors only: a CPU tensor fails with "No backend type associated with
+    device type cpu" (found when the pretrain stage first ran on an H100). NCCL cannot run on this
+    CPU-only machine, so this test fakes an initialized NCCL group: the one place in the suite that
+    stands in for a component. It checks that the device is the current GPU under NCCL and that
+    every reduction builds its tensor there (the meta device stands in for the GPU)."""
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert distributed.collective_device() == torch.device("cuda", 1)
+
+    seen: list[torch.device] = []
+
+    def all_reduce(tensor: torch.Tensor, op: object = None) -> None:
+        seen.append(tensor.device)
+        raise _Reduced
+
+    monkeypatch.setattr(distributed, "collective_device", lambda: torch.device("meta"))
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    for reduce in (lambda: distributed.mean_over_ranks({"loss": 1.0}), lambda: distributed.sum_over_ranks(1)):
+        with pytest.raises(_Reduced):
+            reduce()
+    assert seen == [torch.device("meta")] * 2
+
+
 def _full_batch() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     shape = (WORLD * LOCAL, DIM)
@@ -65,6 +101,9 @@ def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
                 "z0_all": z0_all.detach(),
                 "loss": loss.detach(),
                 "mean_loss": distributed.all_reduce_mean(loss),
+                "means": distributed.mean_over_ranks({"a": float(rank), "b": 2.0 * rank}),
+                "total": distributed.sum_over_ranks(rank + 1),
+                "collective_device": str(distributed.collective_device()),
                 "grad0": z0.grad,
                 "grad1": z1.grad,
             },
@@ -93,6 +132,8 @@ def test_gather_with_grad_across_two_processes(tmp_path: Path) -> None:
         assert (out["world_size"], out["rank"]) == (WORLD, rank)
         torch.testing.assert_close(out["z0_all"], z0_full.detach())
         assert out["mean_loss"].item() == pytest.approx(full.item(), rel=1e-12)
+        assert out["means"] == {"a": 0.5, "b": 1.0} and out["total"] == 3
+        assert out["collective_device"] == "cpu", "gloo reduces CPU tensors"
         rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
         torch.testing.assert_close(out["grad0"] / WORLD, g0[rows], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(out["grad1"] / WORLD, g1[rows], rtol=1e-10, atol=1e-12)
