@@ -24,14 +24,16 @@ cd "$repo"
 work="$(mktemp -d -t sslpipe-gpu-XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 
-python="${PYTHON:-.venv/bin/python}"
-if [[ -z "${PYTHON:-}" && ! -x .venv/bin/python ]]; then
-    echo "== creating .venv (python3.11 -m venv .venv && .venv/bin/pip install -e .)"
-    python3.11 -m venv .venv
-    PIP_CACHE_DIR="$work/pip" .venv/bin/pip install --quiet -e .
-fi
 if [[ -n "${PYTHON:-}" ]]; then
+    python="$PYTHON"
     export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"  # the project from this checkout, uninstalled
+else
+    python=.venv/bin/python
+    if [[ ! -x "$python" ]]; then
+        echo "== creating .venv (python3.11 -m venv .venv && .venv/bin/pip install -e .)"
+        python3.11 -m venv .venv
+        PIP_CACHE_DIR="$work/pip" .venv/bin/pip install --quiet -e .
+    fi
 fi
 
 export HOME="$work/home" TMPDIR="$work/tmp" RAY_TMPDIR="$work/ray"
