@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset import tariterators
 
 from sslcore.config import StorageConfig, TrainConfig
 from sslcore.data.images import decode_rgb
 from sslcore.data.manifest import Manifest
+from sslcore.data.tarfmt import iter_samples
 from sslcore.distributed import sum_over_ranks
 from sslcore.storage import StorageError, storage_errors, storage_options
 
@@ -49,8 +49,7 @@ def iter_tar_samples(urls: list[str], storage: StorageConfig | None = None) -> I
     """Yield webdataset samples (dicts of raw member bytes) from the given shards, in order."""
     for url in urls:
         with fsspec.open(url, "rb", **storage_options(url, storage)) as stream:
-            files = tariterators.tar_file_expander([{"url": url, "stream": stream}])
-            yield from tariterators.group_by_keys(files)
+            yield from iter_samples(stream, url)
 
 
 #: Waits before a training reader opens a shard again after a storage failure (an S3 outage that
