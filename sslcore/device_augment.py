@@ -57,7 +57,10 @@ class DeviceDecode:
     size: int
 
     def __call__(self, image: Image.Image) -> Tensor:
-        x = preprocess(pil_to_array(image)[None].copy(), self.size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))[0]
+        pixels = pil_to_array(image)
+        if pixels.shape[:2] == (self.size, self.size):  # nothing to resize: the pixels as they are
+            return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+        x = preprocess(pixels[None].copy(), self.size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))[0]
         return x.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
