@@ -51,7 +51,7 @@ nvidia-smi --query-gpu=utilization.gpu,memory.used,temperature.gpu --format=csv,
 "$python" -c 'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")'
 
 cores="$("$python" -c 'from sslcore.resources import available_cpus; print(available_cpus())')"
-loaders="${LOADER_WORKERS:-$((cores > 4 ? cores / 2 : 2))}"
+loaders="${LOADER_WORKERS:-$((cores > 4 ? cores - 2 : 2))}"  # all cores but the training process and Ray's
 args=(
     --device cuda
     --models resnet vit

@@ -66,7 +66,7 @@ from sslcore.data.manifest import read_manifest
 from sslcore.data.stream import TrainStream, shard_urls, train_loader, views_only
 from sslcore.device_augment import AugmentedBatches, decode_for_device, device_views
 from sslcore.methods import as_method, build_method
-from sslcore.resources import available_cpus
+from sslcore.resources import available_cpus, training_threads
 from sslcore.train import build_optimizer, lr_at, plan_steps, train_step
 from sslcore.transforms import MultiView
 
@@ -272,12 +272,21 @@ def run_plain_loader(cfg: PipelineConfig, folder: str, device: torch.device, n: 
         on_device = device_views(transform)
         transform = MultiView(decode_for_device(on_device.max_size), 1)
     loader = train_loader(
-        stream_of(cfg, folder, transform), cfg.train, cfg.train.batch_size, pin_memory=device.type == "cuda"
+        stream_of(cfg, folder, transform),
+        cfg.train,
+        cfg.train.batch_size,
+        pin_memory=device.type == "cuda" and cfg.train.pin_memory,
     )
     batches: Iterator[list[torch.Tensor]] = views_only(iter(loader))
     if on_device is not None:
         batches = AugmentedBatches(batches, on_device, device, seed=cfg.train.seed, rank=0)
-    return plain_loop(cfg, batches.__next__, device, n, args)
+    threads = torch.get_num_threads()
+    # As a stage worker with every core sets its threads (tasks/ray_train.py).
+    torch.set_num_threads(training_threads(threads, cfg.train.loader_workers, accelerator=device.type == "cuda"))
+    try:
+        return plain_loop(cfg, batches.__next__, device, n, args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _ddp_rank(

@@ -220,6 +220,11 @@ class TrainConfig(StrictModel):
     warmup_epochs: float = Field(1.0, ge=0.0)
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
     loader_workers: NonNegativeInt = Field(1, description="DataLoader processes per Ray worker.")
+    pin_memory: bool = Field(
+        True,
+        description="On a GPU, the DataLoader copies each batch into page-locked memory in a thread of the training "
+        "process, for an asynchronous copy to the device.",
+    )
     loader_nice: int = Field(
         10,
         ge=0,

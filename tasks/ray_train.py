@@ -45,6 +45,7 @@ from sslcore.health import backbone_health, collapse_warning
 from sslcore.methods import as_method, build_method
 from sslcore.monitor import KnnMonitor
 from sslcore.preflight import PreflightError
+from sslcore.resources import training_threads
 from sslcore.schedules import StepPlan
 from sslcore.storage import filesystem, is_remote, join, local_folder, storage_errors
 from sslcore.train import (
@@ -155,8 +156,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, cfg.ray.cpus_per_worker))
     cuda = device.type == "cuda"
+    torch.set_num_threads(training_threads(cfg.ray.cpus_per_worker, cfg.train.loader_workers, accelerator=cuda))
     if cuda:
         torch.cuda.set_device(device)  # NCCL's object collectives (monitor, data cursor) use the current GPU
 
@@ -211,7 +212,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         start_batch=state.step,  # the data position: each rank has taken one batch per step
         batch_size=per_rank,
     )
-    loader = train_loader(stream, cfg.train, per_rank, pin_memory=cuda)
+    loader = train_loader(stream, cfg.train, per_rank, pin_memory=cuda and cfg.train.pin_memory)
     state.startup = {"loop_entered_at": entered}
     counted = CountedBatches(iter(loader), state, cfg.train.max_corrupt_samples)
     batches: Iterator[list[Tensor]] = counted
