@@ -329,15 +329,36 @@ class TrainOutcome:
         return self.state.step
 
 
-def ray_runtime_env() -> dict[str, Any]:
-    # Ray Train tees print() into its logger as well, which shows every line twice; keep plain print.
-    return {
-        "env_vars": {
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "PYTHONUNBUFFERED": "1",
-            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-        }
+def ray_runtime_env(*, local: bool) -> dict[str, Any]:
+    env = {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+        # Ray Train tees print() into its logger as well, which shows every line twice; keep plain print.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     }
+    if local:
+        # Ray Train's controller starts a PreemptionWatcher actor (one more process) to watch for
+        # nodes being drained, as spot instances are; a local Ray has no such nodes.
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    return {"env_vars": env}
+
+
+def _start_autoscaling_coordinator() -> None:
+    """Start the actor Ray Train's controller registers its resource request with, now.
+
+    The controller creates it on first use and waits at most 5 s for the answer; on a busy machine
+    the new process is not up by then, so every run waited those 5 s and logged a GetTimeoutError
+    ("Failed to send resource request"). Started here, it comes up while the trainer is built.
+    Ray-internal API: if it moves, the controller starts the actor itself, as before.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+
+        get_or_create_autoscaling_coordinator()
+    except Exception as exc:  # an optimisation only
+        logging.getLogger(__name__).debug("could not start Ray's autoscaling coordinator early: %s", exc)
 
 
 def connect(address: str | None) -> None:
@@ -347,16 +368,17 @@ def connect(address: str | None) -> None:
         return
     target = address or os.environ.get("RAY_ADDRESS") or None
     if target:
-        ray.init(address=target, runtime_env=ray_runtime_env(), log_to_driver=True)
+        ray.init(address=target, runtime_env=ray_runtime_env(local=False), log_to_driver=True)
     else:
         # The dashboard serves the state API that Ray Train's controller polls; loopback only.
         ray.init(
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",  # a local Ray keeps all its traffic on loopback
-            runtime_env=ray_runtime_env(),
+            runtime_env=ray_runtime_env(local=True),
             log_to_driver=True,
         )
+    _start_autoscaling_coordinator()
 
 
 def ray_storage(storage_path: str, storage: StorageConfig) -> tuple[str, pyarrow.fs.FileSystem | None]:

@@ -199,6 +199,14 @@ def test_two_workers_match_one_process_on_the_same_global_batch(local_ray: None,
         run_config=RunConfig(name="ddp-equivalence", storage_path=str(tmp_path / "ray")),
     ).fit()
 
+    # The local Ray's start-up trims (tasks.ray_train.connect): the coordinator the controller asks
+    # for resources was started beforehand, and no PreemptionWatcher process was started.
+    from ray.util.state import list_actors
+
+    classes = {a.class_name for a in list_actors(limit=1000)}
+    assert {"TrainController", "RayTrainWorker", "_AutoscalingCoordinatorActor"} <= classes
+    assert "PreemptionWatcher" not in classes
+
     for case in CASES:
         torch.manual_seed(0)
         method = build_method(_case_config(case)).eval()

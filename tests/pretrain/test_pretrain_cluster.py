@@ -111,3 +111,12 @@ def test_pretrain_by_address_runs_workers_on_both_nodes(tmp_path: Path, two_node
     assert refused.returncode == 2, (refused.stdout + refused.stderr)[-4000:]
     assert "is a local path that Ray node(s) " in refused.stderr and " cannot see" in refused.stderr
     assert "use an s3:// URL" in refused.stderr
+
+
+def test_only_a_local_ray_goes_without_the_preemption_watcher() -> None:
+    from tasks.ray_train import ray_runtime_env
+
+    local, cluster = ray_runtime_env(local=True)["env_vars"], ray_runtime_env(local=False)["env_vars"]
+    assert local["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"  # no drained nodes on one machine
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in cluster  # spot nodes on a cluster: keep Ray's default
+    assert {k: v for k, v in local.items() if k != "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"} == cluster
