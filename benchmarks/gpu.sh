@@ -7,9 +7,9 @@
 # channels_last, fused AdamW and pinned, non-blocking copies (sslcore turns these on for CUDA).
 # Prints images/s and achieved TFLOP/s (counted forward+backward FLOPs) against the card's peak.
 #
-#   bash benchmarks/gpu.sh                  # one repeat: about 3.5 minutes on an H100
+#   bash benchmarks/gpu.sh                  # one repeat: 166 s on an H200 (2026-11-27)
 #   REPEATS=2 bash benchmarks/gpu.sh        # medians of 2: 6.5 minutes (391 s) on an H100, 2026-11-27
-#   COMPILE=1 bash benchmarks/gpu.sh        # also a torch.compile run (not yet run on a GPU)
+#   COMPILE=1 bash benchmarks/gpu.sh        # also a torch.compile run: 356 s in all on an H200
 #   LOADER_WORKERS=14 bash benchmarks/gpu.sh
 #   PYTHON=python3 bash benchmarks/gpu.sh   # an interpreter that already has CUDA PyTorch and the
 #                                           # project's runtime packages (a GPU image), no .venv
