@@ -93,7 +93,7 @@ def test_decode_for_device_is_picklable_uint8_and_matches_preprocess() -> None:
         expected = preprocess(pil_to_array(image)[None].copy(), 16, MEAN, STD)
         torch.testing.assert_close(normalize(x[None]), expected, atol=0.5 / 255 / min(STD) + 1e-6, rtol=0)
         if shape[:2] == (16, 16):  # no resize: exactly the image's pixels
-            assert torch.equal(x, torch.from_numpy(pil_to_array(image)).permute(2, 0, 1))
+            assert torch.equal(x, torch.from_numpy(pil_to_array(image).copy()).permute(2, 0, 1))
 
 
 # --------------------------------------------------------------------------- views per method

@@ -124,6 +124,21 @@ def test_stream_yields_every_train_image_each_pass(digits: IngestResult) -> None
         assert Counter(views[0].numpy().tobytes() for views in block) == expected
 
 
+def test_train_loader_stacks_views_and_sums_skipped_samples_to_an_int(digits: IngestResult) -> None:
+    transform = MultiView(view_transform(AugmentConfig(), 16), 2)
+    stream = TrainStream(
+        shard_urls(digits.manifest, digits.folder, "train"), transform, rank=0, world_size=1, seed=0, shuffle_buffer=16
+    )
+    train = load_config(None, ["train.loader_workers=1", "train.loader_nice=0"]).train
+    views, skipped = next(iter(train_loader(stream, train, 4, pin_memory=False)))
+    assert type(skipped) is int and skipped == 0  # no tensor of its own to hand over between processes
+    assert len(views) == 2 and all(v.shape == (4, 3, 16, 16) and v.dtype == torch.float32 for v in views)
+    # the same batch the default collation gives, views for views
+    default_views, default_skipped = next(iter(DataLoader(stream, batch_size=4, num_workers=1)))
+    assert default_skipped.tolist() == [0, 0, 0, 0]
+    assert all(torch.equal(a, b) for a, b in zip(views, default_views, strict=True))
+
+
 def test_dataloader_batches_of_views(digits: IngestResult) -> None:
     transform = MultiView(view_transform(AugmentConfig(), 16), 2)
     stream = TrainStream(
@@ -168,11 +183,11 @@ def test_load_split_arrays_returns_every_digit(digits: IngestResult) -> None:
 
 class _Niceness(torch.utils.data.IterableDataset):
     def __iter__(self):
-        yield os.nice(0)
+        yield [torch.tensor(os.nice(0))], 0  # shaped as TrainStream's items: (views, skipped)
 
 
 @pytest.mark.parametrize(("workers", "nice"), [(1, 7), (1, 0), (0, 7)])
 def test_train_loader_lowers_the_priority_of_its_processes_only(workers: int, nice: int) -> None:
     train = load_config(None, [f"train.loader_workers={workers}", f"train.loader_nice={nice}"]).train
-    (seen,) = list(train_loader(_Niceness(), train, batch_size=1, pin_memory=False))
+    [([seen], _)] = list(train_loader(_Niceness(), train, batch_size=1, pin_memory=False))
     assert int(seen[0]) == os.nice(0) + (nice if workers else 0)  # the training process keeps its own
