@@ -78,11 +78,14 @@ def _pax_path(data: bytes) -> str | None:
     """The ``path`` record of a pax extended header (``"<len> <key>=<value>\\n"`` records)."""
     path = None
     pos = 0
-    while pos < len(data):
+    while pos < len(data) and data[pos:].strip(b"\0"):
         space = data.find(b" ", pos)
-        if space < 0:
-            break
-        length = int(data[pos:space])
+        try:
+            length = int(data[pos:space]) if space > pos else 0
+        except ValueError:
+            length = 0
+        if length <= space - pos or data[pos + length - 1 : pos + length] != b"\n":
+            raise tarfile.ReadError(f"invalid pax header record at byte {pos}")
         key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         if key == b"path":
             path = value.decode("utf-8", "surrogateescape")

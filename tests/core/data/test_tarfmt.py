@@ -95,3 +95,16 @@ def test_an_archive_ending_without_its_end_marker_reads_to_the_end() -> None:
 def test_a_repeated_extension_is_an_error() -> None:
     with pytest.raises(ValueError, match="duplicate"):
         _fast(_by_tarfile([("k.png", b"1"), ("k.PNG", b"2")]))
+
+
+@pytest.mark.parametrize("record", [b"0 path=x\n", b"abc path=x\n", b"3 path=x\n"])
+def test_a_damaged_pax_header_fails(record: bytes) -> None:
+    info = tarfile.TarInfo("PaxHeader/k")
+    info.type = tarfile.XHDTYPE
+    info.size = len(record)
+    member = tarfile.TarInfo("k.png")
+    member.size = 1
+    blocks = info.tobuf(tarfile.USTAR_FORMAT) + record + b"\0" * (-len(record) % 512)
+    blocks += member.tobuf(tarfile.USTAR_FORMAT) + b"p" + b"\0" * 511
+    with pytest.raises(tarfile.ReadError, match="pax header"):
+        list(iter_members(io.BytesIO(blocks + b"\0" * 1024)))
