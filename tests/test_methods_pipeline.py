@@ -203,7 +203,8 @@ def test_two_workers_match_one_process_on_the_same_global_batch(local_ray: None,
     # for resources was started beforehand, and no PreemptionWatcher process was started.
     from ray.util.state import list_actors
 
-    classes = {a.class_name for a in list_actors(limit=1000)}
+    # this session's Ray by address: another test may run its own Ray on the machine at the same time
+    classes = {a.class_name for a in list_actors(address=ray.get_runtime_context().gcs_address, limit=1000)}
     assert {"TrainController", "RayTrainWorker", "_AutoscalingCoordinatorActor"} <= classes
     assert "PreemptionWatcher" not in classes
 
