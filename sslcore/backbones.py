@@ -2,7 +2,9 @@
 
 The small-image stem option follows the usual CIFAR adaptation (SimCLR appendix B.9, solo-learn):
 a ResNet's 7x7 stride-2 stem and max-pool are replaced by a 3x3 stride-1 convolution, which keeps
-spatial resolution for 28-64 px inputs. ViTs instead get ``img_size`` and an optional ``patch_size``.
+spatial resolution for 28-64 px inputs. ``stem_pool=False`` keeps the stock stem and drops only its
+max-pool: a middle way between the stock stem (stride 4) and the small-image one (stride 1) for inputs
+of about 32 px. ViTs instead get ``img_size`` and an optional ``patch_size``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def create_backbone(cfg: ModelConfig, in_chans: int = 3) -> nn.Module:
     kwargs: dict[str, object] = {}
     probe = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, in_chans=in_chans)
     if _is_vit(probe):
+        if not cfg.stem_pool:
+            raise ValueError(f"model.stem_pool=false is for ResNets, not the ViT '{cfg.backbone}'")
         kwargs["img_size"] = cfg.image_size
         if cfg.patch_size is not None:
             kwargs["patch_size"] = cfg.patch_size
@@ -48,6 +52,13 @@ def create_backbone(cfg: ModelConfig, in_chans: int = 3) -> nn.Module:
                     f"not '{cfg.backbone}': set model.small_image_stem=false"
                 )
             _adapt_resnet_stem(model)
+        elif not cfg.stem_pool:
+            if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+                raise ValueError(
+                    f"model.stem_pool=false needs a ResNet-family backbone with a max-pool after its stem, "
+                    f"not '{cfg.backbone}': set model.stem_pool=true"
+                )
+            model.maxpool = nn.Identity()
     return model
 
 

@@ -163,6 +163,11 @@ class IngestConfig(StrictModel):
 class ModelConfig(StrictModel):
     backbone: str = Field("resnet18", description="Any timm model name (timm.list_models()).")
     small_image_stem: bool = Field(True, description="ResNets: 3x3 stride-1 stem, no max-pool. For 28-64 px inputs.")
+    stem_pool: bool = Field(
+        True,
+        description="ResNets with their stock stem: keep its max-pool. False halves the stem's stride (4 to 2): "
+        "twice the resolution in every stage at about four times their compute. The small-image stem has no pool.",
+    )
     image_size: PositiveInt = Field(16, description="Input side length after resizing.")
     patch_size: PositiveInt | None = Field(None, description="ViTs: patch size override.")
 

@@ -26,6 +26,12 @@ def _results(evaluation: EvaluateRecord) -> str:
     return "\n".join(lines)
 
 
+def _stem(config: PipelineConfig) -> str:
+    if config.model.small_image_stem:
+        return "small-image stem"
+    return "stock stem" if config.model.stem_pool else "stock stem without its max-pool"
+
+
 def model_card(config: PipelineConfig, evaluation: EvaluateRecord) -> str:
     pretrain, ingest = evaluation.pretrain, evaluation.pretrain.ingest
     headline = evaluation.metrics[evaluation.headline]
@@ -37,7 +43,7 @@ def model_card(config: PipelineConfig, evaluation: EvaluateRecord) -> str:
 
 ## Model
 - Method: `{config.method.name}`; backbone: timm `{config.model.backbone}` \
-(small-image stem: {config.model.small_image_stem}), input {config.model.image_size}x{config.model.image_size} RGB,
+({_stem(config)}), input {config.model.image_size}x{config.model.image_size} RGB,
   normalised with mean {config.augment.mean} and std {config.augment.std}.
 - Use: `mlflow.pyfunc.load_model(uri).predict(uint8 images (N, H, W, C))` -> float32 (N, D); the
   weights are also logged as `timm/backbone.safetensors` with `timm/encoder.json`.

@@ -55,6 +55,29 @@ def test_deep_stem_resnet_with_small_stem() -> None:
         assert _stem_output_side(model, x) == 16
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet10t"])
+def test_stem_without_pool_keeps_the_stock_stem_at_half_its_stride(backbone: str) -> None:
+    stock = create_backbone(ModelConfig(backbone=backbone, small_image_stem=False)).eval()
+    model = create_backbone(ModelConfig(backbone=backbone, small_image_stem=False, stem_pool=False)).eval()
+    assert isinstance(model.maxpool, nn.Identity)
+    # the stem itself is untouched: same layers, same weights shapes, so stock weights load
+    assert model.state_dict().keys() == stock.state_dict().keys()
+    model.load_state_dict(stock.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert _stem_output_side(model, x) == 16  # stock: 8
+        assert model.forward_features(x).shape[-2:] == (2, 2)  # stock: 1x1
+        assert stock.forward_features(x).shape[-2:] == (1, 1)
+        assert model(x).shape == (2, feature_dim(model))
+
+
+def test_stem_without_pool_on_models_without_one_is_an_error() -> None:
+    with pytest.raises(ValueError, match="stem_pool"):
+        create_backbone(ModelConfig(backbone="mobilenetv3_small_050", small_image_stem=False, stem_pool=False))
+    with pytest.raises(ValueError, match="stem_pool"):
+        create_backbone(ModelConfig(backbone="vit_tiny_patch16_224", image_size=32, stem_pool=False))
+
+
 def test_vit_gets_image_and_patch_size() -> None:
     cfg = ModelConfig(backbone="vit_tiny_patch16_224", image_size=32, patch_size=4)
     model = create_backbone(cfg).eval()
