@@ -125,15 +125,19 @@ def main() -> None:
     metrics = report.metrics
 
     rows = [("knn_k20_top1", "kNN k=20"), ("knn_k200_top1", "kNN k=200"), ("linear_top1", "linear probe")]
+    rows += [(f"fewshot_{n}shot_mean", f"{n}-shot probe") for n in cfg.eval.fewshot_shots]
+    rows += [("health_rankme", "RankMe")]
     print(
         f"\nFashion-MNIST test accuracy ({int(metrics['fashion_mnist/test_samples'])} images), "
         f"evaluation {eval_s:.0f} s"
     )
-    print(f"{'protocol':<14}{'sslpipe':>10}{'random init':>13}{'raw pixels':>12}")
+    print(f"{'protocol':<15}{'sslpipe':>10}{'random init':>13}{'raw pixels':>12}")
     for key, label in rows:
         cells = [metrics.get(f"fashion_mnist/{enc}/{key}") for enc in ("ssl", "random_init", "pixels")]
+        if all(c is None for c in cells):  # a protocol the config turned off
+            continue
         print(
-            f"{label:<14}"
+            f"{label:<15}"
             + "".join(
                 f"{c:>{w}.4f}" if c is not None else f"{'-':>{w}}" for c, w in zip(cells, (10, 13, 12), strict=True)
             )

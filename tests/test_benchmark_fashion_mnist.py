@@ -1,0 +1,75 @@
+"""Smoke test of ``benchmarks/fashion_mnist.py`` on generated IDX files (the real ones are a Debian
+package CI does not install): ingest, a few seconds of pretraining on a real local Ray, evaluation,
+and the printed table with every protocol next to its baselines.
+
+The accuracies are not checked (random images, seconds of training); the quality numbers are the
+benchmark's own output, quoted in docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_benchmark_prints_every_protocol_next_to_its_baselines(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = tmp_path / "idx"
+    data.mkdir()
+    for prefix, n in (("train", 320), ("t10k", 80)):
+        _idx(data / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _idx(data / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    work = tmp_path / "work"
+    overrides = [
+        "train.batch_size=64",
+        "train.knn_monitor_samples=64",
+        "eval.linear_c=[1.0]",
+        "eval.fewshot_shots=[1]",
+        "eval.fewshot_seeds=1",
+        "model.stem_pool=false",  # the variant docs/evaluation.md compares with the stock stem
+    ]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "fashion_mnist.py"), "--budget-min", "0.1"]
+        + ["--path", str(data), "--work", str(work)]
+        + [arg for o in overrides for arg in ("--set", o)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "ingest: {'test': 80, 'train': 320}" in out.stdout
+    number = r"(\d+\.\d{4}|-)"
+    rows = dict(
+        (label.strip(), cells)
+        for label, *cells in re.findall(rf"^(\S.*?)\s+{number}\s+{number}\s+{number}$", out.stdout, re.MULTILINE)
+    )
+    assert list(rows) == ["kNN k=20", "kNN k=200", "linear probe", "1-shot probe", "RankMe"]
+    for label, cells in rows.items():
+        expected = 2 if label == "RankMe" else 3  # raw pixels have no RankMe
+        assert sum(c != "-" for c in cells) == expected, (label, cells)
+    assert re.search(r"^sslpipe kNN \d\.\d{4} (beats|does not beat) the raw-pixel kNN", out.stdout, re.MULTILINE)
+
+    results = json.loads((work / "results.json").read_text())
+    assert results["config"]["model"]["stem_pool"] is False
+    assert results["steps"] >= 1 and results["history"]
+    knn = float(rows["kNN k=20"][0])
+    assert results["metrics"]["fashion_mnist/ssl/knn_k20_top1"] == pytest.approx(knn, abs=1e-4)
