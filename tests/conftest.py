@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from servers import MlflowServer, MotoServer, free_port  # noqa: F401 - free_port: tests import it from here
@@ -47,6 +50,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return rank.get(Path(item.path).resolve().relative_to(REPO).as_posix(), len(rank))
 
     items.sort(key=key)  # stable: within a file, and for every other file, the order stays
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """A gzipped IDX file (the MNIST/Fashion-MNIST format) of unsigned bytes."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
 
 
 def run_sslpipe(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:

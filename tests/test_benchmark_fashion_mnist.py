@@ -8,10 +8,8 @@ benchmark's own output, quoted in docs/evaluation.md.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, write_idx
 
 pytestmark = pytest.mark.slow
-
-
-def _idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + array.astype(np.uint8).tobytes())
 
 
 def test_benchmark_prints_every_protocol_next_to_its_baselines(tmp_path: Path) -> None:
@@ -35,8 +27,8 @@ def test_benchmark_prints_every_protocol_next_to_its_baselines(tmp_path: Path) -
     data = tmp_path / "idx"
     data.mkdir()
     for prefix, n in (("train", 320), ("t10k", 80)):
-        _idx(data / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
-        _idx(data / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     work = tmp_path / "work"
     overrides = [
         "train.batch_size=64",

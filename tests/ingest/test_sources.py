@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
-import struct
 import tarfile
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 from corpus import jpeg, jpeg_folder
 from ingest_helpers import tree_digest
 
+from conftest import write_idx
 from sslcore.config import StorageConfig, load_config
 from sslcore.data.ingest import ingest
 from sslcore.data.manifest import read_manifest
@@ -80,17 +79,11 @@ def test_s3_credentials_never_reach_outputs(tmp_path: Path, s3_endpoint: str, s3
     assert bad.returncode == 2 and sentinel_secret not in bad.stderr and "[1, 2]" not in bad.stderr
 
 
-def _idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + array.astype(np.uint8).tobytes())
-
-
 def test_fashion_mnist_idx_files_keep_their_split(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 30), ("t10k", 10)):
-        _idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
-        _idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     cfg = load_config(None, ["ingest.source.kind=fashion_mnist", f"ingest.source.path={tmp_path}"]).ingest
     m = ingest(cfg, tmp_path / "out").manifest
     assert {k: v.samples for k, v in m.splits.items()} == {"train": 30, "test": 10}
