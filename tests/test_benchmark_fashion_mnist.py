@@ -1,6 +1,7 @@
-"""Smoke test of ``benchmarks/fashion_mnist.py`` on generated IDX files (the real ones are a Debian
-package CI does not install): ingest, a few seconds of pretraining on a real local Ray, evaluation,
-and the printed table with every protocol next to its baselines.
+"""``benchmarks/fashion_mnist.py``: its config for every method, and a smoke run on generated IDX
+files (the real ones are a Debian package CI does not install): ingest, a few seconds of
+pretraining on a real local Ray, evaluation, and the printed table with every protocol next to its
+baselines.
 
 The accuracies are not checked (random images, seconds of training); the quality numbers are the
 benchmark's own output, quoted in docs/evaluation.md.
@@ -8,20 +9,55 @@ benchmark's own output, quoted in docs/evaluation.md.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
 from conftest import REPO, write_idx
+from sslcore.config import ConfigError
+from sslcore.methods import METHODS
 
-pytestmark = pytest.mark.slow
+
+def _benchmark() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark", REPO / "benchmarks" / "fashion_mnist.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
+@pytest.mark.parametrize("method", METHODS.names())
+def test_every_method_gets_a_valid_config_or_a_clear_error_before_any_work(method: str, tmp_path: Path) -> None:
+    bench = _benchmark()
+    args = bench.parse_args(["--method", method, "--budget-min", "3", "--set", "train.batch_size=128"])
+    if METHODS.get(method).requires_vit:  # the recipe's backbone is a ResNet
+        with pytest.raises(ConfigError, match="needs a Vision Transformer"):
+            bench.build_config(args, tmp_path)
+        assert not any(tmp_path.iterdir())
+        return
+    cfg = bench.build_config(args, tmp_path)
+    assert cfg.method.name == method
+    assert (cfg.model.backbone, cfg.augment.crop_scale) == ("resnet10t", (0.5, 1.0))
+    assert cfg.train.time_budget_s == 180 and cfg.train.batch_size == 128  # --set comes last
+    if method == "simclr":
+        assert cfg.method.temperature == 0.05
+    if method == "byol":
+        assert (cfg.method.projection_hidden_dim, cfg.method.predictor_hidden_dim) == (1024, 1024)
+
+
+def test_an_unknown_method_is_refused_by_the_command_line() -> None:
+    with pytest.raises(SystemExit):
+        _benchmark().parse_args(["--method", "simclrr"])
+
+
+@pytest.mark.slow
 def test_benchmark_prints_every_protocol_next_to_its_baselines(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     data = tmp_path / "idx"
