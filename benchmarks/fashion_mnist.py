@@ -177,7 +177,11 @@ def main() -> None:
     ssl_knn = metrics["fashion_mnist/ssl/knn_k20_top1"]
     if pixel_knn is not None:
         verdict = "beats" if ssl_knn > pixel_knn else "does not beat"
-        print(f"\nsslpipe kNN {ssl_knn:.4f} {verdict} the raw-pixel kNN {pixel_knn:.4f} ({ssl_knn - pixel_knn:+.4f})")
+        p = metrics["fashion_mnist/ssl/knn_k20_vs_pixels_p"]
+        print(
+            f"\nsslpipe kNN {ssl_knn:.4f} {verdict} the raw-pixel kNN {pixel_knn:.4f} ({ssl_knn - pixel_knn:+.4f}; "
+            f"McNemar p={p:.2g} on the same test images)"
+        )
     out = {
         "budget_min": args.budget_min,
         "epochs": len(history),

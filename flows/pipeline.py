@@ -158,10 +158,15 @@ def results_table(metrics: dict[str, float]) -> str:
     encoders.sort(key=lambda e: (e != "ssl", e))
     head = "| dataset | metric | " + " | ".join(encoders) + " |\n|---|---|" + "---|" * len(encoders) + "\n"
     rows = "".join(
-        f"| {d} | {p} | " + " | ".join(f"{row[e]:.4f}" if e in row else "" for e in encoders) + " |\n"
+        f"| {d} | {p} | " + " | ".join(_cell(row[e], p) if e in row else "" for e in encoders) + " |\n"
         for (d, p), row in sorted(cells.items())
     )
     return head + rows
+
+
+def _cell(value: float, metric: str) -> str:
+    """Accuracies to 4 decimals; p-values (``*_p``) to 2 significant digits, so 3e-07 is not 0.0000."""
+    return f"{value:.2g}" if metric.endswith("_p") else f"{value:.4f}"
 
 
 def summary_markdown(s: RunSummary) -> str:

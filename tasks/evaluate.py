@@ -67,7 +67,9 @@ def _table(report: EvalReport) -> list[dict[str, object]]:
             row: dict[str, object] = {"dataset": ds.name, "protocol": protocol}
             for enc in ENCODERS:
                 value = ds.metrics.get(f"{enc}/{protocol}")
-                row[enc] = None if value is None else round(value, 4)
+                if value is not None:  # p-values (*_p) keep 2 significant digits, accuracies 4 decimals
+                    value = float(f"{value:.2g}") if protocol.endswith("_p") else round(value, 4)
+                row[enc] = value
             rows.append(row)
     return rows
 

@@ -94,7 +94,11 @@ def test_benchmark_prints_every_protocol_next_to_its_baselines(tmp_path: Path) -
     for label, cells in rows.items():
         expected = 2 if label == "RankMe" else 3  # raw pixels have no RankMe
         assert sum(c != "-" for c in cells) == expected, (label, cells)
-    assert re.search(r"^sslpipe kNN \d\.\d{4} (beats|does not beat) the raw-pixel kNN", out.stdout, re.MULTILINE)
+    assert re.search(
+        r"^sslpipe kNN \d\.\d{4} (beats|does not beat) the raw-pixel kNN \d\.\d{4} \([-+]\d\.\d{4}; McNemar p=",
+        out.stdout,
+        re.MULTILINE,
+    )
 
     results = json.loads((work / "results.json").read_text())
     assert results["config"]["model"]["stem_pool"] is False

@@ -12,6 +12,7 @@ METRICS = {
     "digits/random_init/knn_k20_top1": 0.75,
     "digits/pixels/knn_k20_top1": 0.88,
     "digits/ssl/linear_top1": 0.93,
+    "digits/ssl/knn_k20_vs_pixels_p": 3.14e-07,
     "digits/test_samples": 353.0,
 }
 
@@ -36,6 +37,7 @@ def test_results_table_puts_ssl_next_to_its_baselines() -> None:
     assert table.splitlines()[0] == "| dataset | metric | ssl | pixels | random_init |"
     assert "| digits | knn_k20_top1 | 0.9100 | 0.8800 | 0.7500 |" in table
     assert "| digits | linear_top1 | 0.9300 |  |  |" in table
+    assert "| digits | knn_k20_vs_pixels_p | 3.1e-07 |  |  |" in table  # not rounded away to 0.0000
     assert "test_samples" not in table
 
 

@@ -62,8 +62,20 @@ def knn_accuracy(
     temperature: float = 0.07,
 ) -> dict[str, float]:
     """Top-1 and top-5 accuracy (top-5 capped at the number of classes)."""
+    ranked = knn_ranked(queries, bank, bank_labels, num_classes=num_classes, k=k, temperature=temperature)
+    return ranked_accuracy(ranked, query_labels)
+
+
+def knn_ranked(
+    queries: Tensor, bank: Tensor, bank_labels: Tensor, *, num_classes: int, k: int, temperature: float
+) -> Tensor:
+    """Each query's classes, best vote first, (Q, C); ties go to the lower class."""
     scores = knn_scores(queries, bank, bank_labels, num_classes=num_classes, k=k, temperature=temperature)
-    ranked = scores.argsort(dim=1, descending=True, stable=True)  # ties: lower class wins
-    top1 = (ranked[:, 0] == query_labels).float().mean().item()
-    top5 = (ranked[:, : min(5, num_classes)] == query_labels[:, None]).any(dim=1).float().mean().item()
+    return scores.argsort(dim=1, descending=True, stable=True)
+
+
+def ranked_accuracy(ranked: Tensor, labels: Tensor) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of class rankings (Q, C); top-5 looks at min(5, C) classes."""
+    top1 = (ranked[:, 0] == labels).float().mean().item()
+    top5 = (ranked[:, :5] == labels[:, None]).any(dim=1).float().mean().item()
     return {"top1": top1, "top5": top5}

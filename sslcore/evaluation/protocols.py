@@ -3,7 +3,9 @@ split gives the score. Every protocol runs for the pretrained encoder and for th
 must beat (the same backbone at random init, raw pixels), in the same run, on the same features.
 
 Metric names are stable: ``<dataset>/<encoder>/<protocol>``, e.g. ``digits/ssl/knn_k20_top1``,
-``digits/random_init/linear_top1``, ``digits/pixels/fewshot_5shot_mean``.
+``digits/random_init/linear_top1``, ``digits/pixels/fewshot_5shot_mean``. The first kNN setting is
+also tested pairwise against each baseline on the same test images (McNemar's exact test):
+``digits/ssl/knn_k20_vs_pixels_p``, ``digits/ssl/knn_k20_vs_random_init_p``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from sslcore.data.manifest import Manifest
 from sslcore.data.stream import load_split_arrays
 from sslcore.evaluation.finetune import finetune
 from sslcore.evaluation.health import health_metrics
-from sslcore.evaluation.knn import knn_accuracy
+from sslcore.evaluation.knn import knn_ranked, ranked_accuracy
 from sslcore.evaluation.linear import few_shot, linear_probe
+from sslcore.evaluation.paired import mcnemar_exact
 from sslcore.inference import Encoder, EncoderSpec
 from sslcore.transforms import preprocess, view_transform
 
@@ -149,11 +152,18 @@ def evaluate_encoders(
         result.metrics["train_samples"] = float(len(train.labels))
         result.metrics["test_samples"] = float(len(test.labels))
         ssl_test: Tensor | None = None
+        hits: dict[str, list[Tensor]] = {}
         for enc_name, (featurize, encoder) in encoders.items():
             feats = (featurize(train.images), featurize(test.images))  # once per encoder and dataset
             ssl_test = feats[1] if enc_name == SSL else ssl_test
-            metrics = _protocols(cfg, feats, encoder, train, test, num_classes, result if enc_name == SSL else None)
+            keep = result if enc_name == SSL else None
+            hits[enc_name] = []
+            metrics = _protocols(cfg, feats, encoder, train, test, num_classes, keep, hits[enc_name])
             result.metrics |= {f"{enc_name}/{k}": v for k, v in metrics.items()}
+        if ev.knn:  # is the kNN difference to each baseline more than chance on these test images?
+            for base in (b for b in encoders if b != SSL):
+                paired = mcnemar_exact(hits[SSL][0], hits[base][0])
+                result.metrics[f"{SSL}/knn_k{ev.knn[0].k}_vs_{base}_p"] = paired.p_value
         if ev.finetune_epochs > 0:
             top1 = finetune(
                 cfg, backbone_state, train.images, train.labels, test.images, test.labels, num_classes, device
@@ -182,14 +192,20 @@ def _protocols(
     test: LabelledSplit,
     num_classes: int,
     keep: DatasetResult | None,
+    hits: list[Tensor] | None = None,
 ) -> dict[str, float]:
+    """The protocols' metrics for one encoder; ``hits`` gets the first kNN setting's per-image
+    top-1 correctness (for the paired tests against the baselines)."""
     ev = cfg.eval
     train_f, test_f = feats
     out: dict[str, float] = {}
-    for setting in ev.knn:
-        acc = knn_accuracy(test_f, test.labels, train_f, train.labels, num_classes=num_classes,
-                           k=setting.k, temperature=setting.temperature)  # fmt: skip
+    for i, setting in enumerate(ev.knn):
+        ranked = knn_ranked(test_f, train_f, train.labels, num_classes=num_classes,
+                            k=setting.k, temperature=setting.temperature)  # fmt: skip
+        acc = ranked_accuracy(ranked, test.labels)
         out[f"knn_k{setting.k}_top1"], out[f"knn_k{setting.k}_top5"] = acc["top1"], acc["top5"]
+        if i == 0 and hits is not None:
+            hits.append(ranked[:, 0] == test.labels)
     if ev.linear_probe:
         probe = linear_probe(train_f, train.labels, test_f, test.labels, num_classes,
                              cs=ev.linear_c, max_iter=ev.linear_max_iter,

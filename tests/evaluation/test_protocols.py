@@ -156,4 +156,8 @@ def test_evaluation_is_deterministic_and_beats_nothing_it_should_not(tmp_path) -
         for key in ("knn_k20_top1", "knn_k200_top1", "linear_top1", "fewshot_1shot_mean", "fewshot_5shot_std"):
             assert f"digits/{enc}/{key}" in m
     assert first.headline == "digits/ssl/knn_k20_top1" and first.baseline == "digits/random_init/knn_k20_top1"
+    # the paired test on the first kNN setting: pixels are far ahead of an untrained encoder on digits
+    assert m["digits/ssl/knn_k20_vs_pixels_p"] < 1e-6
+    assert m["digits/ssl/knn_k20_vs_random_init_p"] == 1.0  # the same weights here: the same predictions
+    assert not any(k.startswith("digits/ssl/knn_k200_vs") for k in m)
     assert first.datasets[0].confusion.sum() == m["digits/test_samples"]
