@@ -36,14 +36,15 @@ from sslcore.train import backbone_state_dict
 
 # Chosen for a 2-core CPU: timm's resnet10t with its stock stem at 32 px runs SimCLR at about 420
 # images/s on the default layout (two Ray Train workers of one core, views made batched in the
-# training process): 8-9 epochs of Fashion-MNIST in 20 minutes. Crops of at least half the image:
-# Fashion-MNIST's items are centred and whole (docs/evaluation.md).
+# training process): 8-9 epochs of Fashion-MNIST in 20 minutes. Crops from a fifth of the image: at
+# 20 minutes they tie crops from half of it, which solve SimCLR's task by the third epoch, and they
+# keep gaining with the budget: kNN 0.8544, 0.8624, 0.8672 at 20, 40, 60 minutes (docs/evaluation.md).
 MODEL_AND_VIEWS = [  # benchmarks/soak.py trains the same
     "model.backbone=resnet10t",
     "model.small_image_stem=false",
     "model.image_size=32",
     "augment.hflip_p=0.5",
-    "augment.crop_scale=[0.5, 1.0]",
+    "augment.crop_scale=[0.2, 1.0]",
 ]
 # Settings per method (--method); a method not listed trains on its config defaults.
 METHOD_SETTINGS: dict[str, list[str]] = {

@@ -44,7 +44,7 @@ def test_every_method_gets_a_valid_config_or_a_clear_error_before_any_work(metho
         return
     cfg = bench.build_config(args, tmp_path)
     assert cfg.method.name == method
-    assert (cfg.model.backbone, cfg.augment.crop_scale) == ("resnet10t", (0.5, 1.0))
+    assert (cfg.model.backbone, cfg.augment.crop_scale) == ("resnet10t", (0.2, 1.0))
     assert cfg.train.time_budget_s == 180 and cfg.train.batch_size == 128  # --set comes last
     if method == "simclr":
         assert cfg.method.temperature == 0.05
