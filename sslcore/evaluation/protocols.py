@@ -152,18 +152,18 @@ def evaluate_encoders(
         result.metrics["train_samples"] = float(len(train.labels))
         result.metrics["test_samples"] = float(len(test.labels))
         ssl_test: Tensor | None = None
-        hits: dict[str, list[Tensor]] = {}
+        hits: dict[str, Tensor] = {}  # per-image top-1 correctness of the first kNN setting
         for enc_name, (featurize, encoder) in encoders.items():
             feats = (featurize(train.images), featurize(test.images))  # once per encoder and dataset
             ssl_test = feats[1] if enc_name == SSL else ssl_test
             keep = result if enc_name == SSL else None
-            hits[enc_name] = []
-            metrics = _protocols(cfg, feats, encoder, train, test, num_classes, keep, hits[enc_name])
+            metrics, knn_hits = _protocols(cfg, feats, encoder, train, test, num_classes, keep)
             result.metrics |= {f"{enc_name}/{k}": v for k, v in metrics.items()}
-        if ev.knn:  # is the kNN difference to each baseline more than chance on these test images?
-            for base in (b for b in encoders if b != SSL):
-                paired = mcnemar_exact(hits[SSL][0], hits[base][0])
-                result.metrics[f"{SSL}/knn_k{ev.knn[0].k}_vs_{base}_p"] = paired.p_value
+            if knn_hits is not None:
+                hits[enc_name] = knn_hits
+        for base in (b for b in hits if b != SSL):  # is the kNN difference more than chance?
+            paired = mcnemar_exact(hits[SSL], hits[base])
+            result.metrics[f"{SSL}/knn_k{ev.knn[0].k}_vs_{base}_p"] = paired.p_value
         if ev.finetune_epochs > 0:
             top1 = finetune(
                 cfg, backbone_state, train.images, train.labels, test.images, test.labels, num_classes, device
@@ -192,20 +192,20 @@ def _protocols(
     test: LabelledSplit,
     num_classes: int,
     keep: DatasetResult | None,
-    hits: list[Tensor] | None = None,
-) -> dict[str, float]:
-    """The protocols' metrics for one encoder; ``hits`` gets the first kNN setting's per-image
-    top-1 correctness (for the paired tests against the baselines)."""
+) -> tuple[dict[str, float], Tensor | None]:
+    """The protocols' metrics for one encoder, and the first kNN setting's per-image top-1
+    correctness (for the paired tests against the baselines; None without kNN settings)."""
     ev = cfg.eval
     train_f, test_f = feats
     out: dict[str, float] = {}
-    for i, setting in enumerate(ev.knn):
+    hits: Tensor | None = None
+    for setting in ev.knn:
         ranked = knn_ranked(test_f, train_f, train.labels, num_classes=num_classes,
                             k=setting.k, temperature=setting.temperature)  # fmt: skip
         acc = ranked_accuracy(ranked, test.labels)
         out[f"knn_k{setting.k}_top1"], out[f"knn_k{setting.k}_top5"] = acc["top1"], acc["top5"]
-        if i == 0 and hits is not None:
-            hits.append(ranked[:, 0] == test.labels)
+        if hits is None:
+            hits = ranked[:, 0] == test.labels
     if ev.linear_probe:
         probe = linear_probe(train_f, train.labels, test_f, test.labels, num_classes,
                              cs=ev.linear_c, max_iter=ev.linear_max_iter,
@@ -224,4 +224,4 @@ def _protocols(
         subset = test.images[:HEALTH_VIEWS]
         z0, z1 = _two_views(encoder, subset, cfg, ev.seed)
         out |= {f"health_{k}": v for k, v in health_metrics(test_f, z0, z1).items()}
-    return out
+    return out, hits
