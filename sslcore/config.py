@@ -258,6 +258,23 @@ class TrainConfig(StrictModel):
         description="After every epoch, kNN accuracy on this many labelled train images (and half as many "
         "held-out ones), for a curve of what the backbone learns; 0 turns it off. Needs labelled shards.",
     )
+    log_every_steps: PositiveInt = Field(
+        20,
+        description="Step metrics (loss, lr, images/s, data-wait fraction) reach MLflow every N optimizer steps "
+        "while training runs; epoch metrics (health, kNN monitor) after every epoch.",
+    )
+    on_collapse: Literal["warn", "stop"] = Field(
+        "warn",
+        description="When the label-free health crosses its collapse threshold for collapse_patience epochs in a "
+        "row: 'warn' emits the Prefect event sslpipe.training.collapse-warning (and an artifact) and goes on; "
+        "'stop' ends training there, keeps the checkpoint and fails the stage with the reason.",
+    )
+    collapse_patience: PositiveInt = Field(2, description="Consecutive epoch checks that count as collapse.")
+    keep_best: bool = Field(
+        False,
+        description="Also keep the checkpoint with the best monitor score (kNN monitor, or the label-free "
+        "retrieval monitor without labels) and evaluate and register that one instead of the last.",
+    )
     max_corrupt_samples: NonNegativeInt = Field(
         100, description="Unreadable samples met while streaming are skipped; above this many the run fails."
     )
@@ -284,17 +301,31 @@ class KnnSetting(StrictModel):
 
 
 class EvalDataset(StrictModel):
-    """A labelled downstream dataset: shards with a manifest, as ``sslpipe ingest`` writes them."""
+    """A labelled downstream dataset beside the pretraining data: either shards with a manifest (as
+    ``sslpipe ingest`` writes them) or an image source that the ingest stage turns into shards."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of its metric names.")
-    path: str = Field(description="Shard folder (local or s3://) holding manifest.json.")
+    path: str | None = Field(None, description="Shard folder (local or s3://) holding manifest.json.")
+    source: Source | None = Field(
+        None,
+        description="A labelled source (folder with labels=subfolder or labels=file, fashion_mnist IDX files, "
+        "webdataset shards with cls): the ingest stage writes it to <shard_dir>-eval/<name>.",
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> EvalDataset:
+        if (self.path is None) == (self.source is None):
+            raise ValueError(f"eval dataset '{self.name}': set exactly one of path (shards) or source (images)")
+        return self
 
 
 class EvalConfig(StrictModel):
     """Transfer protocols, each run for the pretrained encoder and the baselines in one evaluation."""
 
     datasets: tuple[EvalDataset, ...] = Field(
-        (), description="Downstream datasets; empty: the ingested shards, named after the source."
+        (),
+        description="Labelled evaluation sets evaluated beside the ingested shards (which are always evaluated, "
+        "named after the source: with labels by every protocol, without labels by the label-free ones).",
     )
     knn: tuple[KnnSetting, ...] = Field(
         (KnnSetting(k=20, temperature=0.07), KnnSetting(k=200, temperature=0.1)),
@@ -337,6 +368,16 @@ class Guard(StrictModel):
     higher_is_better: bool = True
 
 
+LABELLED_GUARDS = (
+    Guard(metric="{dataset}/ssl/linear_top1", tolerance=0.02),
+    Guard(metric="{dataset}/ssl/health_collapsed", tolerance=0.0, higher_is_better=False),
+)
+LABEL_FREE_GUARDS = (
+    Guard(metric="{dataset}/ssl/health_collapsed", tolerance=0.0, higher_is_better=False),
+    Guard(metric="{dataset}/ssl/health_std_ratio", tolerance=0.1),
+)
+
+
 class PromotionConfig(StrictModel):
     """Champion/challenger gates: when may the ``candidate`` become the ``champion``."""
 
@@ -345,13 +386,20 @@ class PromotionConfig(StrictModel):
     baseline_margin: float = Field(
         0.0, description="First model ever: must beat the random-init primary by more than this."
     )
-    guards: tuple[Guard, ...] = (
-        Guard(metric="{dataset}/ssl/linear_top1", tolerance=0.02),
-        Guard(metric="{dataset}/ssl/health_collapsed", tolerance=0.0, higher_is_better=False),
+    guards: tuple[Guard, ...] | None = Field(
+        None,
+        description="Metrics that must not regress; default: with labelled evaluation, linear_top1 (tolerance "
+        "0.02) and health_collapsed; label-free only, health_collapsed and health_std_ratio (tolerance 0.1).",
     )
     champion_alias: str = "champion"
     previous_alias: str = "previous-champion"
     lock_timeout_s: PositiveFloat = Field(900, description="A promotion lock older than this is stale.")
+
+    def resolved_guards(self, labelled: bool) -> tuple[Guard, ...]:
+        """The configured guards, or the defaults for what the evaluation could measure."""
+        if self.guards is not None:
+            return self.guards
+        return LABELLED_GUARDS if labelled else LABEL_FREE_GUARDS
 
 
 STAGES = ("ingest", "pretrain", "evaluate", "register")
