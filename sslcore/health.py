@@ -50,11 +50,14 @@ def embedding_health(z: Tensor) -> dict[str, float]:
 
 
 def collapse_warning(health: dict[str, float]) -> str | None:
-    """A one-line warning when the signals from :func:`embedding_health` point towards collapse."""
+    """A one-line warning when the signals from :func:`embedding_health` point towards collapse
+    (non-finite embeddings, from a diverged run, count as collapsed)."""
     problems = []
-    if health["health_std_ratio"] < MIN_STD_RATIO:
+    if not all(math.isfinite(health[k]) for k in ("health_std_ratio", "health_effective_rank")):
+        problems.append("embeddings are not finite (the run diverged)")
+    elif health["health_std_ratio"] < MIN_STD_RATIO:
         problems.append(f"std of normalised embeddings is {health['health_std_ratio']:.3f} of the healthy 1/sqrt(D)")
-    if health["health_effective_rank"] < MIN_EFFECTIVE_RANK:
+    if math.isfinite(health["health_effective_rank"]) and health["health_effective_rank"] < MIN_EFFECTIVE_RANK:
         problems.append(f"effective rank is {health['health_effective_rank']:.2f}")
     if not problems:
         return None
@@ -74,3 +77,8 @@ def backbone_health(backbone: nn.Module, images: Tensor) -> dict[str, float]:
         return embedding_health(backbone(images).float())
     finally:
         backbone.train(was_training)
+
+
+class TrainingCollapsed(RuntimeError):
+    """Training stopped early because its representation collapsed (``train.on_collapse=stop``);
+    the checkpoint of the stopping epoch is kept. Retrying the same recipe cannot help."""

@@ -94,3 +94,54 @@ class KnnMonitor:
             queries, self.query_labels, bank, self.bank_labels, num_classes=self.classes, k=K, temperature=TEMPERATURE
         )
         return scores["top1"]
+
+
+class RetrievalMonitor:
+    """A label-free curve for any data: augmentation-invariance self-retrieval
+    (:func:`sslcore.evaluation.retrieval.self_retrieval`) of up to ``samples`` held-out images
+    against their own augmented views. The views are drawn once, with ``cfg.train.seed``, so that
+    every epoch is scored on the same pairs. Every rank holds all the images (a few hundred small
+    tensors) and rank 0's score is the one reported; the forward passes are not split."""
+
+    def __init__(self, gallery: Tensor, queries: Tensor) -> None:
+        self.gallery, self.queries = gallery, queries
+
+    @classmethod
+    def from_shards(
+        cls, cfg: PipelineConfig, manifest: Manifest, folder: str | Path, samples: int, storage: StorageConfig | None
+    ) -> RetrievalMonitor | None:
+        """The monitor for ingested shards, or None without a held-out split of at least 2 images."""
+        from PIL import Image
+
+        from sslcore.transforms import view_transform
+
+        held_out = next((s for s in ("val", "test") if s in manifest.splits and manifest.splits[s].samples > 1), None)
+        if held_out is None:
+            return None
+        images, _ = load_split_arrays(manifest, folder, held_out, storage, limit=samples)
+        size, mean, std = cfg.model.image_size, cfg.augment.mean, cfg.augment.std
+        gallery = torch.cat([preprocess(img[None], size, mean, std) for img in images])
+        generator_state = torch.get_rng_state()
+        torch.manual_seed(cfg.train.seed)
+        try:
+            transform = view_transform(cfg.augment, size)
+            queries = torch.stack([transform(Image.fromarray(img)) for img in images])
+        finally:
+            torch.set_rng_state(generator_state)  # the training RNG stays where it was
+        return cls(gallery, queries)
+
+    @torch.no_grad()
+    def __call__(self, backbone: nn.Module, device: torch.device, batch: int = 256) -> float:
+        """Top-1 self-retrieval; the backbone is put in eval mode and back."""
+        from sslcore.evaluation.retrieval import self_retrieval
+
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            embed = [
+                torch.cat([backbone(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
+                for x in (self.gallery, self.queries)
+            ]
+        finally:
+            backbone.train(was_training)
+        return self_retrieval(embed[0], embed[1], ks=(1,))["top1"]

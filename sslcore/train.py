@@ -42,6 +42,11 @@ class TrainState:
     workers: list[dict[str, Any]] = field(default_factory=list)  # where each rank ran
     startup: dict[str, float] = field(default_factory=dict)  # fixed costs of the latest (re)start
     planned_steps: int | None = None  # set when train.time_budget_s re-planned the run
+    collapse_streak: int = 0  # consecutive epoch checks that flagged collapse
+    stopped: str | None = None  # why training ended before its plan (train.on_collapse=stop)
+    best_metric: str | None = None  # train.keep_best: the monitor score compared ...
+    best_score: float | None = None  # ... its best value so far ...
+    best_step: int | None = None  # ... and the step of that checkpoint
 
 
 def plan_steps(cfg: PipelineConfig, train_samples: int, total_steps: int | None = None) -> StepPlan:

@@ -86,10 +86,14 @@ def _outlasting_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run_flow(fn: Any, *args: Any) -> Any:
+    from sslcore.health import TrainingCollapsed
+
     try:
         return fn(*args)
     except _user_errors() as exc:
         _fail(str(exc))
+    except TrainingCollapsed as exc:
+        _fail(str(exc), code=1)
     except _outlasting_errors() as exc:
         _fail(f"{exc} (after the stage's retries)", code=1)
 

@@ -11,6 +11,7 @@ from sslcore.data.manifest import ManifestError
 from sslcore.data.sources import SourceError
 from sslcore.evaluation.protocols import EvaluationError
 from sslcore.gates import PromotionError
+from sslcore.health import TrainingCollapsed
 from sslcore.preflight import PreflightError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -25,6 +26,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Not the user's input, but a retry of the same recipe would end the same way.
+NOT_RETRIED: tuple[type[BaseException], ...] = (*USER_ERRORS, TrainingCollapsed)
+
+
 def is_user_error(exc: BaseException | None) -> bool:
     return isinstance(exc, USER_ERRORS)
 
@@ -33,9 +38,9 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect ``retry_condition_fn``: retry transient failures, never bad config or bad data."""
     exc = getattr(state, "data", None)  # the engine wraps the raised exception as Failed(data=exc)
     if isinstance(exc, BaseException):
-        return not is_user_error(exc)
+        return not isinstance(exc, NOT_RETRIED)
     try:
         state.result()
     except Exception as raised:
-        return not is_user_error(raised)
+        return not isinstance(raised, NOT_RETRIED)
     return True

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from sslcore.config import PipelineConfig
 from sslcore.data.manifest import read_manifest
+from sslcore.health import TrainingCollapsed
 from sslcore.preflight import PreflightError, check_local_resources
 from sslcore.train import plan_steps
 from tasks import ray_train
@@ -21,6 +22,7 @@ from tasks.errors import retry_unless_user_error
 from tasks.faults import inject
 from tasks.records import IngestRecord, PretrainRecord
 from tasks.runtime import ray_storage_path
+from tasks.tracking import LiveRun
 
 
 def run_name_for(config: PipelineConfig, ingest: IngestRecord) -> str:
@@ -66,15 +68,58 @@ def pretrain(config: PipelineConfig, ingest: IngestRecord, fresh: bool = False) 
     if fresh:
         run_name += f"-{str(runtime.task_run.id or uuid.uuid4().hex)[:8]}"
     progress = TrainingProgress(run_name)
-    outcome = ray_train.fit(config, ingest.shard_folder, storage_path, run_name, progress=progress.update)
-    progress.finish(outcome.steps)
-    history = outcome.history
+    live = LiveRun.open(config, run_name, ingest, _run_tags(config, ingest))
+    alerts = CollapseAlerts(config, run_name)
+
+    def on_message(message: dict[str, float]) -> None:  # a driver thread, in this task's context
+        kind = message.get("kind")
+        if kind is None:
+            progress.update(message)
+        elif kind == "collapse":
+            alerts.handle(message)
+        elif live is not None:
+            live.log(message)
+
+    try:
+        outcome = ray_train.fit(config, ingest.shard_folder, storage_path, run_name, progress=on_message)
+    except BaseException as exc:
+        if live is not None:
+            live.close("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
     state = outcome.state
+    if state.stopped:
+        reason = (
+            f"{state.stopped}. Its checkpoint is kept at {outcome.checkpoint_path}; running the same recipe again "
+            f"stops at the same point: change it (lower train.lr, or the method's temperatures or momentum) to "
+            f"start a new training run"
+        )
+        progress.finish(outcome.steps, stopped=True)
+        alerts.stopped(reason)
+        if live is not None:
+            live.close("FAILED", reason)
+        raise TrainingCollapsed(reason)
+    progress.finish(outcome.steps)
+    if live is not None:
+        live.close("FINISHED")
+    history = outcome.history
+    checkpoint = outcome.best_checkpoint_path or outcome.checkpoint_path
+    if config.train.keep_best:
+        best = (
+            f"step {state.best_step} ({state.best_metric} {state.best_score:.4f})"
+            if outcome.best_checkpoint_path and state.best_score is not None
+            else "none (no monitor score): the last checkpoint"
+        )
+        print(f"train.keep_best: evaluating and registering the best checkpoint, {best}")
     record = PretrainRecord(
         ingest=ingest,
         run_name=outcome.run_name,
         storage_path=outcome.storage_path,
-        checkpoint_path=outcome.checkpoint_path,
+        checkpoint_path=checkpoint,
+        last_checkpoint_path=outcome.checkpoint_path,
+        best_step=state.best_step if outcome.best_checkpoint_path else None,
+        best_metric=state.best_metric if outcome.best_checkpoint_path else None,
+        best_score=state.best_score if outcome.best_checkpoint_path else None,
+        mlflow_run_id=live.run_id if live is not None else None,
         epochs=len(history),
         steps=outcome.steps,
         final_loss=history[-1]["loss"] if history else float("nan"),
@@ -120,10 +165,77 @@ class TrainingProgress:
             description=f"Ray Train run {self.run_name}: step {step}/{total}, loss {message['loss']:.4f}{eta}",
         )
 
-    def finish(self, steps: int) -> None:
+    def finish(self, steps: int, stopped: bool = False) -> None:
+        what = "stopped early (collapse)" if stopped else "done"
         update_progress_artifact(
-            self.artifact_id, progress=100.0, description=f"Ray Train run {self.run_name}: done, {steps} steps"
+            self.artifact_id, progress=100.0, description=f"Ray Train run {self.run_name}: {what}, {steps} steps"
         )
+
+
+COLLAPSE_EVENT = "sslpipe.training.collapse-warning"
+COLLAPSE_STOPPED_EVENT = "sslpipe.training.collapse-stopped"
+
+
+class CollapseAlerts:
+    """Collapse as Prefect sees it: an event an automation can match (``sslpipe.training.collapse-
+    warning`` while a ``train.on_collapse=warn`` run goes on, ``...-stopped`` when ``stop`` ends
+    it), with the training run as its resource and the flow run as a related one, and an artifact."""
+
+    def __init__(self, config: PipelineConfig, run_name: str) -> None:
+        self.config, self.run_name = config, run_name
+
+    def _emit(self, event: str, payload: dict[str, object]) -> None:
+        from prefect.events import emit_event
+
+        related = []
+        if runtime.flow_run.id:
+            flow_run = {"prefect.resource.id": f"prefect.flow-run.{runtime.flow_run.id}"}
+            related.append(
+                flow_run | {"prefect.resource.role": "flow-run", "prefect.resource.name": str(runtime.flow_run.name)}
+            )
+        emit_event(
+            event=event,
+            resource={
+                "prefect.resource.id": f"sslpipe.training-run.{self.run_name}",
+                "prefect.resource.name": self.run_name,
+            },
+            related=related,
+            payload=payload,
+        )
+
+    def handle(self, message: dict[str, object]) -> None:
+        """A worker's alert: the health crossed the threshold for ``train.collapse_patience`` epochs."""
+        text = (
+            f"epoch {message['epoch']}: {message['message']} ({message['streak']} epochs in a row; "
+            f"train.on_collapse={message['action']})"
+        )
+        print(f"COLLAPSE {text}")
+        if message["action"] == "warn":
+            self._emit(COLLAPSE_EVENT, {"message": text, "epoch": message["epoch"], "step": message["step"]})
+            create_markdown_artifact(
+                key="collapse-warning",
+                markdown=f"### Possible representation collapse\nRay Train run `{self.run_name}`, {text}.\n\n"
+                "Training goes on (`train.on_collapse=warn`); `train.on_collapse=stop` would end it here.\n",
+                description="Collapse warning",
+            )
+
+    def stopped(self, reason: str) -> None:
+        self._emit(COLLAPSE_STOPPED_EVENT, {"message": reason})
+        create_markdown_artifact(
+            key="collapse-stopped", markdown=f"### Training stopped: collapse\n{reason}\n", description="Collapse"
+        )
+
+
+def _run_tags(config: PipelineConfig, ingest: IngestRecord) -> dict[str, str]:
+    url = runtime.flow_run.ui_url
+    return {
+        "sslpipe.manifest_fingerprint": ingest.fingerprint,
+        "sslpipe.data_uri": ingest.shard_folder,
+        "sslpipe.method": config.method.name,
+        "sslpipe.backbone": config.model.backbone,
+        "sslpipe.prefect_flow_run_id": str(runtime.flow_run.id or ""),
+        "sslpipe.prefect_flow_run_url": url if url and url.startswith("http") else "",
+    }
 
 
 def _startup(started_at: float, connected_at: float, worker: dict[str, float]) -> dict[str, float]:

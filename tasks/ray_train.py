@@ -4,6 +4,7 @@ GPU). Kept free of Prefect so that Ray workers import only what they need."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import posixpath
@@ -43,12 +44,14 @@ from sslcore.data.stream import CountedBatches, TrainStream, shard_urls, train_l
 from sslcore.device_augment import AugmentedBatches, decode_for_device, device_views
 from sslcore.health import backbone_health, collapse_warning
 from sslcore.methods import as_method, build_method
-from sslcore.monitor import KnnMonitor
+from sslcore.monitor import KnnMonitor, RetrievalMonitor
 from sslcore.preflight import PreflightError
 from sslcore.resources import training_threads
 from sslcore.schedules import StepPlan
 from sslcore.storage import filesystem, is_remote, join, local_folder, storage_errors
 from sslcore.train import (
+    META_FILE,
+    STATE_FILE,
     TrainState,
     build_optimizer,
     checkpoint_state,
@@ -116,25 +119,129 @@ def _newest_in_storage(loop_config: dict[str, Any], cfg: PipelineConfig, rank: i
 
 
 class _ProgressReporter:
-    """Rank 0's progress, at most every ``interval_s``, into a Ray queue the driver reads."""
+    """Rank 0's progress into a Ray queue the driver reads: a progress line at most every
+    ``interval_s``, and every ``log_every`` steps the step metrics for MLflow (loss, lr, images/s
+    and the share of the time spent waiting for data since the last ones)."""
 
-    def __init__(self, queue: Any, total: int, interval_s: float = 2.0) -> None:
+    def __init__(
+        self, queue: Any, total: int, batch_size: int, log_every: int, wait_s: Callable[[], float],
+        interval_s: float = 2.0,
+    ) -> None:  # fmt: skip
         self.queue, self.total, self.interval_s = queue, total, interval_s
+        self.batch_size, self.log_every, self.wait_s = batch_size, log_every, wait_s
         self.last = 0.0
         self.origin: tuple[int, float] | None = None  # (step, time) of this attempt's first step
+        self.window: tuple[int, float, float] | None = None  # (step, time, data wait) at the last step metrics
 
     def __call__(self, state: TrainState, out: dict[str, float]) -> None:
         now = time.perf_counter()
         if self.origin is None:
             self.origin = (state.step, now)
+            self.window = (state.step, now, self.wait_s())
+        if state.step % self.log_every == 0 and self.window is not None:
+            metrics = {"loss": out.get("loss", float("nan")), "lr": out.get("lr", float("nan"))}
+            steps, elapsed, waited = state.step - self.window[0], now - self.window[1], self.wait_s() - self.window[2]
+            if steps > 0 and elapsed > 0:
+                metrics |= {
+                    "images_per_s": steps * self.batch_size / elapsed,
+                    "data_wait_fraction": min(max(waited / elapsed, 0.0), 1.0),
+                }
+            self.window = (state.step, now, self.wait_s())
+            send(self.queue, {"kind": "step", "step": state.step, "metrics": metrics}, block=False)
         if now - self.last < self.interval_s and state.step < self.total:
             return
         self.last = now
         done, elapsed = state.step - self.origin[0], now - self.origin[1]
         message = {"step": state.step, "total": self.total, "loss": out.get("loss", float("nan"))}
         message["steps_per_s"] = done / elapsed if done > 0 and elapsed > 0 else 0.0
-        with contextlib.suppress(Exception):  # progress is best effort; training never waits on it
-            self.queue.put_nowait(message)
+        send(self.queue, message, block=False)
+
+
+def send(queue: Any, message: dict[str, Any], *, block: bool) -> None:
+    """Put ``message`` in the driver's queue: progress is best effort (``block=False`` drops it when
+    the queue is full), epoch metrics and alerts wait up to 10 s. Training never fails on it."""
+    with contextlib.suppress(Exception):
+        if block:
+            queue.put(message, timeout=10)
+        else:
+            queue.put_nowait(message)
+
+
+class _SystemMetrics:
+    """Rank 0's machine, sampled with MLflow's own system-metrics monitors (CPU, memory, disk,
+    network, NVIDIA GPU utilisation and memory through NVML) and sent to the driver, which logs them
+    as ``system/...`` metrics of the run: the training side's numbers, on a cluster too."""
+
+    def __init__(self, queue: Any, interval_s: float) -> None:
+        self.queue, self.interval_s = queue, interval_s
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="sslpipe-system-metrics", daemon=True)
+
+    def __enter__(self) -> _SystemMetrics:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+
+    def _monitors(self) -> list[Any]:
+        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+        from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+        from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+
+        monitors: list[Any] = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+        try:
+            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+            monitors.append(GPUMonitor())
+        except Exception:  # no NVML (no NVIDIA GPU or driver): CPU-side metrics only
+            pass
+        return monitors
+
+    def _run(self) -> None:
+        try:
+            monitors = self._monitors()
+        except Exception as exc:
+            logging.getLogger(__name__).warning("system metrics are off: %s", exc)
+            return
+        while not self.done.wait(self.interval_s):
+            metrics: dict[str, float] = {}
+            for monitor in monitors:
+                with contextlib.suppress(Exception):
+                    monitor.collect_metrics()
+                    metrics |= monitor.aggregate_metrics()
+                    monitor.clear_metrics()
+            if metrics:
+                send(self.queue, {"kind": "system", "time": time.time(), "metrics": metrics}, block=False)
+
+
+def _upload_best(loop_config: dict[str, Any], cfg: PipelineConfig, local: Path, step: int) -> None:
+    """Rank 0: copy the checkpoint just written to ``local`` to ``<run>/best-step-N`` (tensors
+    first, progress last, so that a cut copy reads as incomplete) and drop the older best ones."""
+    url = join(loop_config["storage_path"], loop_config["run_name"], f"best-step-{step:08d}")
+    fs, folder = filesystem(url, cfg.storage)
+    with storage_errors(url, cfg.storage, "saving the best checkpoint to"):
+        fs.makedirs(folder, exist_ok=True)
+        for name in (STATE_FILE, META_FILE):
+            fs.put_file(str(local / name), f"{folder}/{name}")
+        parent = folder.rsplit("/", 1)[0]
+        for old in fs.glob(f"{parent}/best-step-*"):
+            if old.rstrip("/") != folder.rstrip("/"):
+                fs.rm(old, recursive=True)
+
+
+def best_checkpoint(storage_path: str, run_name: str, storage: StorageConfig) -> str | None:
+    """The complete ``best-step-N`` folder of a run (``train.keep_best``), newest first, if any."""
+    run_url = join(storage_path, run_name)
+    fs, root = filesystem(run_url, storage)
+    with storage_errors(run_url, storage, "looking for the best checkpoint in"):
+        if not fs.exists(root):
+            return None
+        for folder in sorted(fs.glob(f"{root}/best-step-*"), key=_step_of, reverse=True):
+            if checkpoint_state(fs, folder) is not None:
+                return join(run_url, posixpath.basename(folder.rstrip("/")))
+    return None
 
 
 def _next_stop(step: int, plan: StepPlan, every: int | None) -> int:
@@ -218,16 +325,37 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     batches: Iterator[list[Tensor]] = counted
     if on_device is not None:
         batches = AugmentedBatches(counted, on_device, device, seed=cfg.train.seed, rank=rank, start=state.step)
-    every = cfg.train.checkpoint_every_steps
     samples = manifest.split("train").samples
     if state.planned_steps:
         plan = plan_steps(cfg, samples, total_steps=state.planned_steps)
-    monitor = None
+    monitor, retrieval = None, None
     if cfg.train.knn_monitor_samples:
         samples_ = cfg.train.knn_monitor_samples
         monitor = KnnMonitor.from_shards(cfg, manifest, folder, samples_, cfg.storage, rank=rank, world=world)
+        if monitor is None and rank == 0:  # no labels: the label-free curve instead
+            retrieval = RetrievalMonitor.from_shards(cfg, manifest, folder, max(2, samples_ // 2), cfg.storage)
     queue = loop_config.get("progress_queue")
-    reporter = _ProgressReporter(queue, plan.total_steps) if rank == 0 and queue is not None else None
+    reporter = None
+    if rank == 0 and queue is not None:
+        waited = lambda: counted.wait_s  # noqa: E731 - read at every report
+        reporter = _ProgressReporter(queue, plan.total_steps, cfg.train.batch_size, cfg.train.log_every_steps, waited)
+    system = _SystemMetrics(queue, loop_config.get("system_metrics_s", 10.0)) if reporter is not None else None
+    with system or contextlib.nullcontext():
+        _train(loop_config, cfg, model, api, optimizer, batches, counted, plan, state, device, rank, monitor,
+               retrieval, reporter, queue, samples)  # fmt: skip
+    return {"history": state.history, "steps": state.step}
+
+
+def _train(
+    loop_config: dict[str, Any], cfg: PipelineConfig, model: Any, api: Any, optimizer: torch.optim.Optimizer,
+    batches: Iterator[list[Tensor]], counted: CountedBatches, plan: StepPlan, state: TrainState,
+    device: torch.device, rank: int, monitor: KnnMonitor | None, retrieval: RetrievalMonitor | None,
+    reporter: _ProgressReporter | None, queue: Any, samples: int,
+) -> None:  # fmt: skip
+    """The epochs of :func:`train_loop_per_worker`, each ending in a checkpoint, until the plan is
+    done or ``train.on_collapse=stop`` ends the run early (``state.stopped`` says why)."""
+    every = cfg.train.checkpoint_every_steps
+    waited_at = counted.wait_s
     epoch_wall, compute_s, epoch_first_step = time.perf_counter(), 0.0, state.step
     while state.step < plan.total_steps:
         start = time.perf_counter()
@@ -259,8 +387,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             epoch_steps = state.step - epoch_first_step  # this attempt's steps, if it resumed mid-epoch
             means = pop_means(state)
             health = backbone_health(api.backbone, last_batch[0].to(device))  # label-free collapse guard
-            means = distributed.mean_over_ranks(means | health)
+            waited = {"data_wait_fraction": min((counted.wait_s - waited_at) / max(compute_s, 1e-9), 1.0)}
+            means = distributed.mean_over_ranks(means | health | waited)  # the same numbers on every rank
             warning = collapse_warning(means)
+            state.collapse_streak = state.collapse_streak + 1 if warning is not None else 0
             state.epoch = state.step // plan.steps_per_epoch
             metrics |= {
                 **means,
@@ -270,7 +400,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             }
             if monitor is not None:
                 metrics["knn_top1"] = monitor(api.backbone, device)
+            if retrieval is not None:
+                metrics["retrieval_top1"] = retrieval(api.backbone, device)
             metrics["epoch_time_s"] = time.perf_counter() - epoch_wall
+            is_best = cfg.train.keep_best and rank == 0 and _improves(state, metrics)
+            collapsed = warning is not None and state.collapse_streak >= cfg.train.collapse_patience
+            if collapsed and cfg.train.on_collapse == "stop":
+                state.stopped = (
+                    f"training stopped at epoch {state.epoch} (step {state.step} of {plan.total_steps}): {warning}, "
+                    f"for {state.collapse_streak} epochs in a row (train.on_collapse=stop, "
+                    f"train.collapse_patience={cfg.train.collapse_patience})"
+                )
             state.history.append(metrics)
             if cfg.train.time_budget_s and state.step < plan.total_steps:
                 spent = sum(h.get("epoch_time_s", 0.0) for h in state.history)
@@ -298,27 +438,54 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{state.step:08d}")
             if rank == 0:
                 _check_uploaded(loop_config, cfg, state.step)
+                if epoch_done and is_best:
+                    _upload_best(loop_config, cfg, Path(tmp), state.step)
         if epoch_done:
             if rank == 0:
                 knn = f"  kNN {metrics['knn_top1']:.3f}" if "knn_top1" in metrics else ""
                 print(
                     f"epoch {metrics['epoch']:.4g}/{plan.total_steps / plan.steps_per_epoch:.4g}  step {state.step}/"
                     f"{plan.total_steps}  loss {metrics['loss']:.4f}{knn}  {metrics['images_per_s']:.0f} img/s  "
-                    f"lr {metrics['lr']:.2e}  effective rank {metrics['health_effective_rank']:.1f}",
+                    f"lr {metrics['lr']:.2e}  effective rank {metrics['health_effective_rank']:.1f}  "
+                    f"data wait {metrics['data_wait_fraction']:.0%}",
                     flush=True,
                 )
                 if metrics["collapse_warning"]:
                     print(f"WARNING epoch {state.epoch}: {collapse_warning(metrics)}", flush=True)
+                if queue is not None:
+                    send(queue, {"kind": "epoch", "step": state.step, "metrics": metrics}, block=True)
+                    if collapsed:
+                        alert = {"kind": "collapse", "step": state.step, "epoch": state.epoch, "message": warning,
+                                 "streak": state.collapse_streak, "action": cfg.train.on_collapse}  # fmt: skip
+                        send(queue, alert, block=True)
             epoch_wall, compute_s, epoch_first_step = time.perf_counter(), 0.0, state.step
-    return {"history": state.history, "steps": state.step}
+            waited_at = counted.wait_s
+            if state.stopped:
+                if rank == 0:
+                    print(f"STOPPED {state.stopped}", flush=True)
+                return
+
+
+def _improves(state: TrainState, metrics: dict[str, float]) -> bool:
+    """``train.keep_best``: does this epoch's monitor score (kNN, else label-free retrieval) beat
+    the best so far? Updates the state's record of the best when it does."""
+    name = "knn_top1" if "knn_top1" in metrics else "retrieval_top1" if "retrieval_top1" in metrics else None
+    if name is None:
+        return False
+    score = metrics[name]
+    if state.best_score is not None and state.best_metric == name and score <= state.best_score:
+        return False
+    state.best_metric, state.best_score, state.best_step = name, score, state.step
+    return True
 
 
 @dataclass(frozen=True)
 class TrainOutcome:
     run_name: str
     storage_path: str
-    checkpoint_path: str  # a local path or an s3:// URL
-    state: TrainState
+    checkpoint_path: str  # the last checkpoint: a local path or an s3:// URL
+    state: TrainState  # state.stopped says why a run ended before its plan
+    best_checkpoint_path: str | None = None  # train.keep_best: the best monitor score's checkpoint
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -515,7 +682,7 @@ def _progress_queue(progress: Callable[[dict[str, float]], None] | None) -> Iter
         return
     from ray.util.queue import Empty, Queue
 
-    queue = Queue(maxsize=64, actor_options={"num_cpus": 0})
+    queue = Queue(maxsize=256, actor_options={"num_cpus": 0})
     done = threading.Event()
 
     def pump() -> None:
@@ -529,7 +696,8 @@ def _progress_queue(progress: Callable[[dict[str, float]], None] | None) -> Iter
             with contextlib.suppress(Exception):
                 progress(message)
 
-    thread = threading.Thread(target=pump, name="sslpipe-progress", daemon=True)
+    context = contextvars.copy_context()  # the caller's Prefect run context, for its events and artifacts
+    thread = threading.Thread(target=context.run, args=(pump,), name="sslpipe-progress", daemon=True)
     thread.start()
     try:
         yield queue
@@ -551,15 +719,18 @@ def fit(
     A run whose newest checkpoint already holds every planned step is not started again: its
     outcome is returned as it is. The config travels to the workers as the pydantic object itself
     (not JSON), so storage secrets arrive intact while every ``repr`` and dump still masks them.
-    ``progress`` receives ``{step, total, loss, steps_per_s}`` every few seconds while it trains.
+    ``progress`` receives, from a driver thread, ``{step, total, loss, steps_per_s}`` every few
+    seconds while it trains, and messages with a ``kind``: ``step`` (every ``train.log_every_steps``
+    steps), ``epoch`` (every epoch's metrics), ``system`` (rank 0's machine) and ``collapse``.
     """
     plan = plan_steps(cfg, read_manifest(shard_folder, cfg.storage).split("train").samples)
     found = latest_checkpoint(storage_path, run_name, cfg.storage)
     if found is not None and found[1].planned_steps:
         plan = plan_steps(cfg, read_manifest(shard_folder, cfg.storage).split("train").samples, found[1].planned_steps)
-    if found is not None and found[1].step >= plan.total_steps:
+    if found is not None and (found[1].step >= plan.total_steps or found[1].stopped):
         print(f"{run_name} already finished ({found[1].step} steps): reusing {found[0]}", flush=True)
-        return TrainOutcome(run_name=run_name, storage_path=storage_path, checkpoint_path=found[0], state=found[1])
+        best = best_checkpoint(storage_path, run_name, cfg.storage) if cfg.train.keep_best else None
+        return TrainOutcome(run_name, storage_path, found[0], found[1], best)
     restarts = 0
     with _progress_queue(progress) as queue:
         while True:
@@ -591,6 +762,7 @@ def fit(
         storage_path=storage_path,
         checkpoint_path=_checkpoint_uri(storage_path, result.checkpoint.path),
         state=state,
+        best_checkpoint_path=best_checkpoint(storage_path, run_name, cfg.storage) if cfg.train.keep_best else None,
     )
 
 
@@ -653,6 +825,7 @@ def _fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: st
             "storage_path": storage_path,
             "run_name": run_name,
             "progress_queue": queue,
+            "system_metrics_s": float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10)),
         },
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(

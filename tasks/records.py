@@ -39,6 +39,10 @@ class IngestRecord(Record):
     duplicates: int = 0
     reused: bool = Field(description="True when a complete earlier output was found and kept.")
     resumed: int = Field(0, description="Samples kept from complete shards of an interrupted run.")
+    eval_datasets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Shard folder per eval.datasets entry (sources ingested here, shards as given)",
+    )
     duration_s: float
 
 
@@ -46,7 +50,12 @@ class PretrainRecord(Record):
     ingest: IngestRecord
     run_name: str
     storage_path: str
-    checkpoint_path: str
+    checkpoint_path: str = Field(description="The checkpoint to evaluate and register (the best with train.keep_best).")
+    last_checkpoint_path: str | None = Field(None, description="The run's last checkpoint.")
+    best_step: int | None = Field(None, description="train.keep_best: the step of the best checkpoint.")
+    best_metric: str | None = Field(None, description="train.keep_best: the monitor score compared.")
+    best_score: float | None = None
+    mlflow_run_id: str | None = Field(None, description="The MLflow run training logged into live, if reachable.")
     epochs: int
     steps: int
     final_loss: float
@@ -70,6 +79,10 @@ class EvaluateRecord(Record):
     data_fingerprints: dict[str, str] = Field(default_factory=dict, description="Manifest fingerprint per dataset.")
     data_uris: dict[str, str] = Field(default_factory=dict, description="Shard folder per dataset.")
     artifacts: list[str] = Field(default_factory=list, description="Plots and tables to log with the run.")
+    labelled: bool = Field(True, description="Some dataset had labels: kNN, linear and few-shot probes ran.")
+    protocols: dict[str, list[str]] = Field(
+        default_factory=dict, description="Protocol families that ran per dataset (knn, linear, ..., retrieval)."
+    )
     duration_s: float
 
 

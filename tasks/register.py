@@ -40,6 +40,7 @@ from tasks.faults import inject
 from tasks.model_card import model_card
 from tasks.records import EvaluateRecord, RegisterRecord
 from tasks.runtime import artifact_root, registry_errors, tracking_uri
+from tasks.tracking import LIVE_TAG, find_live_run, metric_steps
 
 MODEL_CODE = Path(__file__).with_name("encoder_model.py")
 SERVING_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "numpy", "pillow", "pydantic", "pyyaml")
@@ -107,8 +108,9 @@ def _experiment_id(config: PipelineConfig) -> str:
 def _find_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=10)
     complete = [r for r in runs if r.data.tags.get(LOGGED_TAG) == "true"]
-    for stale in (r for r in runs if r.data.tags.get(LOGGED_TAG) != "true"):
+    for stale in (r for r in runs if r.data.tags.get(LOGGED_TAG) != "true" and r.data.tags.get(LIVE_TAG) != "true"):
         client.delete_run(stale.info.run_id)  # a crashed attempt: its logging is redone below
+    # (a live run, with the training curves, is logged into again instead)
     return complete[0] if complete else None
 
 
@@ -138,8 +140,28 @@ def _lineage(config: PipelineConfig, evaluation: EvaluateRecord, key: str) -> di
     }
 
 
-def _log_run(config: PipelineConfig, evaluation: EvaluateRecord, experiment_id: str, tags: dict[str, str]) -> str:
+def _new_params(client: MlflowClient, run_id: str | None, params: dict[str, str]) -> dict[str, str]:
+    """The params the run lacks; MLflow params are write-once, and a run the pretrain stage opened
+    already holds the training ones (a value that changed since is kept as first logged)."""
+    if run_id is None:
+        return params
+    have = client.get_run(run_id).data.params
+    changed = sorted(k for k, v in params.items() if k in have and have[k] != v[:6000])
+    if changed:
+        print(f"MLflow run {run_id} keeps its first value of param(s) {', '.join(changed[:10])}")
+    return {k: v for k, v in params.items() if k not in have}
+
+
+def _log_run(
+    config: PipelineConfig,
+    evaluation: EvaluateRecord,
+    experiment_id: str,
+    tags: dict[str, str],
+    run_id: str | None = None,
+) -> str:
+    """Log everything into a new run, or into ``run_id`` (the run the pretrain stage opened)."""
     pretrain, ingest = evaluation.pretrain, evaluation.pretrain.ingest
+    client = MlflowClient(mlflow.get_tracking_uri())
     weights = backbone_state_dict(pretrain.checkpoint_path, config.storage)
     spec = EncoderSpec(model=config.model, mean=config.augment.mean, std=config.augment.std, embedding_dim=0)
     spec = Encoder.load_from_state(spec, weights).spec
@@ -157,10 +179,18 @@ def _log_run(config: PipelineConfig, evaluation: EvaluateRecord, experiment_id: 
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.embedding_dim))]),
         )
         example = np.zeros((2, config.model.image_size, config.model.image_size, 3), dtype=np.uint8)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=pretrain.run_name, tags=tags) as run:
-            mlflow.log_params(flatten(config.model_dump(mode="json")))
+        params = _new_params(client, run_id, flatten(config.model_dump(mode="json")))
+        logged_live = metric_steps(client, run_id, "train_epoch") if run_id is not None else set()
+        start = {"run_id": run_id} if run_id else {"experiment_id": experiment_id, "run_name": pretrain.run_name}
+        with mlflow.start_run(**start) as run:
+            mlflow.set_tags(tags)
+            items = list(params.items())
+            for i in range(0, len(items), 100):
+                mlflow.log_params(dict(items[i : i + 100]))
             for entry in pretrain.history:  # one entry per epoch (the last may be partial), at its optimizer step
                 step = int(entry["step"])
+                if step in logged_live:
+                    continue  # logged while it trained
                 mlflow.log_metrics({f"train_{k}": v for k, v in entry.items() if k != "step"}, step=step)
             mlflow.log_metrics(evaluation.metrics)
             mlflow.log_metrics(
@@ -215,7 +245,12 @@ def _register(config: PipelineConfig, evaluation: EvaluateRecord, uri: str) -> R
     name = config.mlflow.model_name
 
     existing = _find_run(client, experiment_id, key)
-    run_id = existing.info.run_id if existing is not None else _log_run(config, evaluation, experiment_id, tags)
+    if existing is not None:
+        run_id = existing.info.run_id
+    else:  # the run the pretrain stage opened, unless an earlier evaluation of this training run completed it
+        live = find_live_run(client, experiment_id, evaluation.pretrain.run_name)
+        open_live = live is not None and live.data.tags.get(LOGGED_TAG) != "true"
+        run_id = _log_run(config, evaluation, experiment_id, tags, live.info.run_id if open_live else None)
     inject("register", "logged")  # chaos tests: the run is complete, the version not yet registered
     version = _find_version(client, name, run_id)
     reused = existing is not None and version is not None

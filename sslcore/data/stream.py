@@ -287,6 +287,9 @@ class CountedBatches:
 
     Each rank counts its own; :meth:`settle`, called by all ranks together, adds them up. Past
     ``limit`` in total (or on one rank alone, checked every batch) it raises ``CorruptDataError``.
+
+    ``wait_s`` adds up the seconds spent waiting for the loader, the training loop's data wait
+    (on-device augmentation, which runs after this, is compute and not counted).
     """
 
     def __init__(self, batches: Iterator[LoaderBatch], state: Any, limit: int) -> None:
@@ -295,12 +298,15 @@ class CountedBatches:
         self.limit = limit
         self.unreported = 0  # this rank's count since the last report
         self.first_batch_at: float | None = None  # wall clock, for start-up cost reports
+        self.wait_s = 0.0  # seconds blocked in the loader, all batches so far
 
     def __iter__(self) -> CountedBatches:
         return self
 
     def __next__(self) -> list[torch.Tensor]:
+        asked = time.perf_counter()
         views, skipped = next(self.batches)
+        self.wait_s += time.perf_counter() - asked
         if self.first_batch_at is None:
             self.first_batch_at = time.time()
         self.unreported += int(torch.as_tensor(skipped).sum())  # an int from train_loader, a tensor by default
