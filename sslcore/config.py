@@ -256,7 +256,8 @@ class TrainConfig(StrictModel):
     knn_monitor_samples: NonNegativeInt = Field(
         1000,
         description="After every epoch, kNN accuracy on this many labelled train images (and half as many "
-        "held-out ones), for a curve of what the backbone learns; 0 turns it off. Needs labelled shards.",
+        "held-out ones), for a curve of what the backbone learns; 0 turns it off. Shards without labels get a "
+        "label-free curve instead: self-retrieval of half as many held-out images against their augmented views.",
     )
     log_every_steps: PositiveInt = Field(
         20,
