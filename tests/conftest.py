@@ -32,12 +32,14 @@ SSLPIPE = Path(sys.executable).with_name("sslpipe")
 # pyproject.toml keeps this order.
 LONGEST_FIRST = (
     "tests/test_e2e.py",
+    "tests/test_unlabeled.py",
     "tests/pretrain/test_pretrain_faults.py",
     "tests/registry/test_registry.py",
     "tests/test_methods_pipeline.py",
     "tests/pretrain/test_pretrain_cluster.py",
     "tests/pretrain/test_pretrain_force.py",
     "tests/pretrain/test_pretrain_worker_kill.py",
+    "tests/pretrain/test_collapse.py",
     "tests/core/methods/test_method_learning_masked.py",
     "tests/core/methods/test_method_learning.py",
 )
