@@ -32,17 +32,24 @@ def training_curves(history: list[dict[str, float]], path: Path) -> Path:
     return path
 
 
-def embedding_map(coords: np.ndarray, labels: np.ndarray, names: tuple[str, ...], title: str, path: Path) -> Path:
-    """A 2-D map of test embeddings (e.g. t-SNE), one colour per class."""
+def embedding_map(
+    coords: np.ndarray, labels: np.ndarray | None, names: tuple[str, ...], title: str, path: Path
+) -> Path:
+    """A 2-D map of test embeddings (e.g. t-SNE), one colour per class; data without labels
+    (``labels`` None or no ``names``) is drawn in one colour, and the title says so."""
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    for i, name in enumerate(names):
-        sel = labels == i
-        if sel.any():
-            ax.scatter(coords[sel, 0], coords[sel, 1], s=6, color=cmap(i % cmap.N), label=name, alpha=0.8)
+    if labels is None or not names:
+        ax.scatter(coords[:, 0], coords[:, 1], s=6, color="tab:blue", alpha=0.8)
+        title = f"{title} (unlabeled)"
+    else:
+        cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+        for i, name in enumerate(names):
+            sel = labels == i
+            if sel.any():
+                ax.scatter(coords[sel, 0], coords[sel, 1], s=6, color=cmap(i % cmap.N), label=name, alpha=0.8)
+        if len(names) <= 20:
+            ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
     ax.set(title=title, xticks=[], yticks=[])
-    if len(names) <= 20:
-        ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

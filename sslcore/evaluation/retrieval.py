@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+TIE = 1e-9  # cosines this close count as equal: rounding in the product must not break a collapsed tie
+
 
 @torch.no_grad()
 def self_retrieval(
@@ -36,5 +38,5 @@ def self_retrieval(
     for start in range(0, n, chunk):
         sims = q[start : start + chunk] @ g.T  # (c, N)
         own = sims[torch.arange(len(sims)), torch.arange(start, start + len(sims))]
-        ranks[start : start + len(sims)] = (sims >= own[:, None]).sum(dim=1) - 1  # others at least as close
+        ranks[start : start + len(sims)] = (sims >= own[:, None] - TIE).sum(dim=1) - 1  # others at least as close
     return {f"top{k}": float((ranks < min(k, n)).double().mean()) for k in ks}
