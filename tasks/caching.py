@@ -6,7 +6,7 @@ reads:
 
 | stage | key |
 |---|---|
-| ingest | source contents (listing with sizes and versions), ingest config, output location, code |
+| ingest | source contents (listing, sizes, versions), ingest config, output, code; each `eval.datasets` source too |
 | pretrain | Ray Train run name (data fingerprint, model/method/augment/train, workers), storage, code |
 | evaluate | the checkpoint, model/method/augment/eval config, code |
 | register | not cached: it is idempotent against MLflow itself, so every run reconciles with the registry |
@@ -31,8 +31,9 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 
-from sslcore.config import CACHED_STAGES, PipelineConfig
+from sslcore.config import CACHED_STAGES, IngestConfig, PipelineConfig
 from sslcore.data.ingest import ingest_fingerprint
+from sslcore.data.manifest import MANIFEST_NAME
 from sslcore.data.sources import open_source
 from sslcore.storage import filesystem, is_file, is_remote, join, storage_errors, storage_options
 from sslcore.train import META_FILE
@@ -61,10 +62,19 @@ def _digest(stage: str, parts: dict[str, Any]) -> str:
     return f"{stage}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
 
 
+def _source_fingerprint(config: PipelineConfig, ingest: IngestConfig) -> str:
+    return ingest_fingerprint(open_source(ingest.source, config.storage).fingerprint(), ingest)
+
+
 def ingest_key(config: PipelineConfig) -> str:
-    source = open_source(config.ingest.source, config.storage)
-    fingerprint = ingest_fingerprint(source.fingerprint(), config.ingest)
-    return _digest("ingest", {"fingerprint": fingerprint, "output": config.shard_dir})
+    evals = {
+        d.name: _source_fingerprint(config, config.ingest.model_copy(update={"source": d.source, "output": None}))
+        if d.source is not None
+        else f"path:{d.path}"
+        for d in config.eval.datasets
+    }
+    parts = {"fingerprint": _source_fingerprint(config, config.ingest), "output": config.shard_dir}
+    return _digest("ingest", parts | ({"eval_datasets": evals} if evals else {}))
 
 
 def pretrain_key(config: PipelineConfig, ingest: IngestRecord) -> str:
@@ -143,11 +153,16 @@ def stage_options(config: PipelineConfig, stage: str, force: Iterable[str] = ())
 def outputs_exist(record: Any, config: PipelineConfig) -> bool:
     """Whether what a (possibly cached) record points at is still there: shards, checkpoint."""
     if isinstance(record, IngestRecord):
-        url = record.manifest_path
-    elif isinstance(record, PretrainRecord):
+        eval_manifests = [join(folder, MANIFEST_NAME) for folder in record.eval_datasets.values()]
+        return all(_is_there(url, config) for url in [record.manifest_path, *eval_manifests])
+    if isinstance(record, PretrainRecord):
         url = join(record.checkpoint_path, META_FILE)
     else:
         return True
+    return _is_there(url, config)
+
+
+def _is_there(url: str, config: PipelineConfig) -> bool:
     fs, path = filesystem(url, config.storage)
     # This runs in the flow, outside any task's retries: an S3 that cannot be reached is neither
     # taken for a missing output (which would run the stage again) nor a traceback, but one line.

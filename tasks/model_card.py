@@ -3,9 +3,34 @@
 from __future__ import annotations
 
 from sslcore.config import PipelineConfig
+from sslcore.evaluation.plan import is_labelled_metric
 from tasks.records import EvaluateRecord
 
 ENCODERS = (("ssl", "this encoder"), ("random_init", "random init"), ("pixels", "raw pixels"))
+LABEL_FREE_ROWS = ("health_rankme", "health_std_ratio", "health_alignment", "health_uniformity", "health_collapsed")
+NO_LABELS = (
+    "No labelled evaluation was possible: the data has no labels, so kNN, linear probe and few-shot were not "
+    "run; add a labelled `eval.datasets` entry to measure them."
+)
+
+
+def dataset_labelled(evaluation: EvaluateRecord, dataset: str) -> bool:
+    """Whether a dataset was scored with labels: from its protocols, or (older records) its metrics."""
+    ran = evaluation.protocols.get(dataset)
+    if ran is not None:
+        return any(p in ran for p in ("knn", "linear", "fewshot", "finetune"))
+    return any(k.startswith(f"{dataset}/ssl/") and is_labelled_metric(k) for k in evaluation.metrics)
+
+
+def _protocols(evaluation: EvaluateRecord) -> str:
+    lines = []
+    for ds in evaluation.datasets:
+        ran = evaluation.protocols.get(ds)
+        state = "labelled" if dataset_labelled(evaluation, ds) else "no labels"
+        lines.append(f"- `{ds}` ({state}): {', '.join(ran) if ran else 'see the table below'}")
+    if not evaluation.labelled:
+        lines.append(f"\n{NO_LABELS}")
+    return "\n".join(lines)
 
 
 def _results(evaluation: EvaluateRecord) -> str:
@@ -14,6 +39,8 @@ def _results(evaluation: EvaluateRecord) -> str:
     for ds in evaluation.datasets:
         prefix = f"{ds}/ssl/"
         protocols = sorted(k[len(prefix) :] for k in m if k.startswith(prefix) and k.endswith(("top1", "_mean")))
+        if not dataset_labelled(evaluation, ds):  # the label-free numbers are all there is: show them all
+            protocols += [p for p in LABEL_FREE_ROWS if f"{prefix}{p}" in m]
         lines += [
             f"\n**{ds}** ({int(m.get(f'{ds}/train_samples', 0))} train / {int(m.get(f'{ds}/test_samples', 0))} "
             "test images)\n",
@@ -24,6 +51,26 @@ def _results(evaluation: EvaluateRecord) -> str:
             cells = [m.get(f"{ds}/{enc}/{p}") for enc, _ in ENCODERS]
             lines.append(f"| {p} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + " |")
     return "\n".join(lines)
+
+
+def _headline_note(evaluation: EvaluateRecord) -> str:
+    if "/retrieval_" not in evaluation.headline:
+        return ""
+    ds = evaluation.headline.split("/", 1)[0]
+    n = int(evaluation.metrics.get(f"{ds}/retrieval_samples", 0))
+    return (
+        f"\n\nThe label-free headline: the share of {n} held-out images whose augmented view finds the image "
+        f"itself as its nearest neighbour (chance: {1 / max(n, 1):.4f})."
+    )
+
+
+def _limits(evaluation: EvaluateRecord) -> str:
+    if evaluation.labelled:
+        return "kNN and linear probes measure frozen features; fine-tuning can rank encoders differently."
+    return (
+        "Self-retrieval measures invariance to the training augmentations among held-out images, not how well "
+        "the features separate classes: a high score is necessary for a useful encoder, not sufficient."
+    )
 
 
 def _stem(config: PipelineConfig) -> str:
@@ -39,7 +86,7 @@ def model_card(config: PipelineConfig, evaluation: EvaluateRecord) -> str:
     collapsed = [d for d in evaluation.datasets if evaluation.metrics.get(f"{d}/ssl/health_collapsed") == 1.0]
     return f"""# sslpipe encoder: {config.method.name} on {config.model.backbone}
 
-**{evaluation.headline} = {headline:.4f}**{base}
+**{evaluation.headline} = {headline:.4f}**{base}{_headline_note(evaluation)}
 
 ## Model
 - Method: `{config.method.name}`; backbone: timm `{config.model.backbone}` \
@@ -52,12 +99,19 @@ def model_card(config: PipelineConfig, evaluation: EvaluateRecord) -> str:
 - Shards `{ingest.shard_folder}` (manifest fingerprint `{ingest.fingerprint[:16]}`): \
 {", ".join(f"{k} {v}" for k, v in ingest.samples.items())} images; {ingest.rejected} rejected, \
 {ingest.duplicates} duplicates dropped.
-- Labels were used for evaluation only, never for pretraining.
+- {
+        "Labels were used for evaluation only, never for pretraining."
+        if evaluation.labelled
+        else "No dataset had labels: pretraining needs none, and evaluation used the label-free protocols only."
+    }
 
 ## Budget
 - {pretrain.epochs} epochs, {pretrain.steps} steps at global batch {config.train.batch_size} on \
 {config.ray.num_workers} Ray workers ({"GPU" if config.ray.use_gpu else "CPU"}); {pretrain.duration_s:.0f} s, \
 {pretrain.images_per_s:.0f} images/s; final loss {pretrain.final_loss:.4f}.
+
+## Evaluation protocols
+{_protocols(evaluation)}
 
 ## Results vs baselines
 {_results(evaluation)}
@@ -65,6 +119,6 @@ def model_card(config: PipelineConfig, evaluation: EvaluateRecord) -> str:
 ## Known limits
 - Scores hold for the evaluation data above at {config.model.image_size} px; other domains and resolutions
   need their own evaluation.
-- kNN and linear probes measure frozen features; fine-tuning can rank encoders differently.
+- {_limits(evaluation)}
 - {"Collapse was flagged on: " + ", ".join(collapsed) if collapsed else "No representation collapse was flagged."}
 """
