@@ -233,15 +233,8 @@ def _upload_best(loop_config: dict[str, Any], cfg: PipelineConfig, local: Path, 
 
 def best_checkpoint(storage_path: str, run_name: str, storage: StorageConfig) -> str | None:
     """The complete ``best-step-N`` folder of a run (``train.keep_best``), newest first, if any."""
-    run_url = join(storage_path, run_name)
-    fs, root = filesystem(run_url, storage)
-    with storage_errors(run_url, storage, "looking for the best checkpoint in"):
-        if not fs.exists(root):
-            return None
-        for folder in sorted(fs.glob(f"{root}/best-step-*"), key=_step_of, reverse=True):
-            if checkpoint_state(fs, folder) is not None:
-                return join(run_url, posixpath.basename(folder.rstrip("/")))
-    return None
+    found = latest_checkpoint(storage_path, run_name, storage, prefix="best-step")
+    return found[0] if found is not None else None
 
 
 def _next_stop(step: int, plan: StepPlan, every: int | None) -> int:
@@ -615,8 +608,11 @@ def check_shared_paths(paths: dict[str, str]) -> None:
             )
 
 
-def latest_checkpoint(storage_path: str, run_name: str, storage: StorageConfig) -> tuple[str, TrainState] | None:
-    """The newest complete checkpoint folder of a run in storage (its URL and progress), if any.
+def latest_checkpoint(
+    storage_path: str, run_name: str, storage: StorageConfig, prefix: str = "step"
+) -> tuple[str, TrainState] | None:
+    """The newest complete checkpoint folder (``<prefix>-N``) of a run in storage (its URL and
+    progress), if any.
 
     Ray resumes from the checkpoints its controller registered; a driver killed between a
     checkpoint's upload and its registration leaves a newer one only this scan finds, and an upload
@@ -629,7 +625,7 @@ def latest_checkpoint(storage_path: str, run_name: str, storage: StorageConfig) 
     with storage_errors(run_url, storage, "looking for checkpoints in"):
         if not fs.exists(root):
             return None
-        for folder in sorted(fs.glob(f"{root}/step-*"), key=_step_of, reverse=True):
+        for folder in sorted(fs.glob(f"{root}/{prefix}-*"), key=_step_of, reverse=True):
             state = checkpoint_state(fs, folder)
             if state is not None:
                 return join(run_url, posixpath.basename(folder.rstrip("/"))), state
