@@ -93,7 +93,7 @@ def pipeline(
     out = records_dir(config)
     ingested = _run_stage("ingest", config, force)
     ingested.save(out / "ingest.json")
-    trained = _run_stage("pretrain", config, force, ingested)
+    trained = _with_ingest(_run_stage("pretrain", config, force, ingested), ingested)
     trained.save(out / "pretrain.json")
     evaluated = _run_stage("evaluate", config, force, trained)
     evaluated.save(out / "evaluate.json")
@@ -122,6 +122,14 @@ def pipeline(
     )
     create_markdown_artifact(key="run-summary", markdown=summary_markdown(summary), description="sslpipe run")
     return summary
+
+
+def _with_ingest(trained: PretrainRecord, ingested: IngestRecord) -> PretrainRecord:
+    """A cached training run of these same shards carries the ingest record of its own run: hand on
+    this run's, whose evaluation sets (``eval.datasets``) may have changed since."""
+    if trained.ingest != ingested and trained.ingest.fingerprint == ingested.fingerprint:
+        return trained.model_copy(update={"ingest": ingested})
+    return trained
 
 
 def _ui_url() -> str | None:
@@ -225,7 +233,7 @@ def pretrain_flow(
     preflight(config, local_ray=_local_ray(config), check_data=False)
     if ingested is None:
         ingested = load_record(IngestRecord, records_dir(config) / "ingest.json")
-    record = _run_stage("pretrain", config, ["pretrain"] if force else [], ingested)
+    record = _with_ingest(_run_stage("pretrain", config, ["pretrain"] if force else [], ingested), ingested)
     record.save(records_dir(config) / "pretrain.json")
     return record
 
