@@ -22,7 +22,7 @@ from tasks.errors import retry_unless_user_error
 from tasks.faults import inject
 from tasks.records import IngestRecord, PretrainRecord
 from tasks.runtime import ray_storage_path
-from tasks.tracking import LiveRun
+from tasks.tracking import TRAINING_PARAMS, LiveRun
 
 
 def run_name_for(config: PipelineConfig, ingest: IngestRecord) -> str:
@@ -30,7 +30,7 @@ def run_name_for(config: PipelineConfig, ingest: IngestRecord) -> str:
     from that run's latest checkpoint instead of starting over."""
     relevant = {
         "data": ingest.fingerprint,
-        **config.model_dump(mode="json", include={"model", "method", "augment", "train"}),
+        **config.model_dump(mode="json", include=set(TRAINING_PARAMS)),
         "workers": config.ray.num_workers,
     }
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

@@ -330,133 +330,124 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     queue = loop_config.get("progress_queue")
     reporter = None
     if rank == 0 and queue is not None:
-        waited = lambda: counted.wait_s  # noqa: E731 - read at every report
-        reporter = _ProgressReporter(queue, plan.total_steps, cfg.train.batch_size, cfg.train.log_every_steps, waited)
+        reporter = _ProgressReporter(
+            queue, plan.total_steps, cfg.train.batch_size, cfg.train.log_every_steps, lambda: counted.wait_s
+        )
     system = _SystemMetrics(queue, loop_config.get("system_metrics_s", 10.0)) if reporter is not None else None
     with system or contextlib.nullcontext():
-        _train(loop_config, cfg, model, api, optimizer, batches, counted, plan, state, device, rank, monitor,
-               retrieval, reporter, queue, samples)  # fmt: skip
-    return {"history": state.history, "steps": state.step}
-
-
-def _train(
-    loop_config: dict[str, Any], cfg: PipelineConfig, model: Any, api: Any, optimizer: torch.optim.Optimizer,
-    batches: Iterator[list[Tensor]], counted: CountedBatches, plan: StepPlan, state: TrainState,
-    device: torch.device, rank: int, monitor: KnnMonitor | None, retrieval: RetrievalMonitor | None,
-    reporter: _ProgressReporter | None, queue: Any, samples: int,
-) -> None:  # fmt: skip
-    """The epochs of :func:`train_loop_per_worker`, each ending in a checkpoint, until the plan is
-    done or ``train.on_collapse=stop`` ends the run early (``state.stopped`` says why)."""
-    every = cfg.train.checkpoint_every_steps
-    waited_at = counted.wait_s
-    epoch_wall, compute_s, epoch_first_step = time.perf_counter(), 0.0, state.step
-    while state.step < plan.total_steps:
-        start = time.perf_counter()
-        last_batch = run_steps(
-            model,
-            batches,
-            optimizer,
-            plan,
-            state,
-            stop=_next_stop(state.step, plan, every),
-            device=device,
-            amp=cfg.train.amp,
-            seed=cfg.train.seed,
-            rank=rank,
-            channels_last=cfg.train.channels_last,
-            on_step=reporter,
-        )
-        compute_s += time.perf_counter() - start
-        state.startup.setdefault("first_batch_at", counted.first_batch_at or time.time())
-        counted.settle()
-        metrics: dict[str, float] = {
-            "step": float(state.step),
-            "epoch": state.step / plan.steps_per_epoch,
-            "corrupt_samples": float(state.corrupt_samples),
-        }
-        epoch_done = state.step % plan.steps_per_epoch == 0 or state.step == plan.total_steps  # a budget's
-        # re-plan can end the run within an epoch: the partial epoch closes like a full one
-        if epoch_done:
-            epoch_steps = state.step - epoch_first_step  # this attempt's steps, if it resumed mid-epoch
-            means = pop_means(state)
-            health = backbone_health(api.backbone, last_batch[0].to(device))  # label-free collapse guard
-            waited = {"data_wait_fraction": min((counted.wait_s - waited_at) / max(compute_s, 1e-9), 1.0)}
-            means = distributed.mean_over_ranks(means | health | waited)  # the same numbers on every rank
-            warning = collapse_warning(means)
-            state.collapse_streak = state.collapse_streak + 1 if warning is not None else 0
-            state.epoch = state.step // plan.steps_per_epoch
-            metrics |= {
-                **means,
+        every = cfg.train.checkpoint_every_steps
+        waited_at = counted.wait_s
+        epoch_wall, compute_s, epoch_first_step = time.perf_counter(), 0.0, state.step
+        while state.step < plan.total_steps:
+            start, is_best = time.perf_counter(), False
+            last_batch = run_steps(
+                model,
+                batches,
+                optimizer,
+                plan,
+                state,
+                stop=_next_stop(state.step, plan, every),
+                device=device,
+                amp=cfg.train.amp,
+                seed=cfg.train.seed,
+                rank=rank,
+                channels_last=cfg.train.channels_last,
+                on_step=reporter,
+            )
+            compute_s += time.perf_counter() - start
+            state.startup.setdefault("first_batch_at", counted.first_batch_at or time.time())
+            counted.settle()
+            metrics: dict[str, float] = {
+                "step": float(state.step),
                 "epoch": state.step / plan.steps_per_epoch,
-                "collapse_warning": float(warning is not None),
-                "images_per_s": epoch_steps * cfg.train.batch_size / max(compute_s, 1e-9),
+                "corrupt_samples": float(state.corrupt_samples),
             }
-            if monitor is not None:
-                metrics["knn_top1"] = monitor(api.backbone, device)
-            if retrieval is not None:
-                metrics["retrieval_top1"] = retrieval(api.backbone, device)
-            metrics["epoch_time_s"] = time.perf_counter() - epoch_wall
-            is_best = cfg.train.keep_best and rank == 0 and _improves(state, metrics)
-            collapsed = warning is not None and state.collapse_streak >= cfg.train.collapse_patience
-            if collapsed and cfg.train.on_collapse == "stop":
-                state.stopped = (
-                    f"training stopped at epoch {state.epoch} (step {state.step} of {plan.total_steps}): {warning}, "
-                    f"for {state.collapse_streak} epochs in a row (train.on_collapse=stop, "
-                    f"train.collapse_patience={cfg.train.collapse_patience})"
-                )
-            state.history.append(metrics)
-            if cfg.train.time_budget_s and state.step < plan.total_steps:
-                spent = sum(h.get("epoch_time_s", 0.0) for h in state.history)
-                pace = epoch_steps / max(metrics["epoch_time_s"], 1e-9)
-                planned = _steps_in_budget(cfg, spent, pace, state.step, plan)
-                if planned != state.planned_steps:
-                    first = state.planned_steps is None
-                    state.planned_steps = planned
-                    plan = plan_steps(cfg, samples, total_steps=planned)
-                    if reporter is not None:
-                        reporter.total = plan.total_steps
-                    if rank == 0:
-                        print(
-                            f"time budget {cfg.train.time_budget_s:.0f} s, {spent:.0f} s spent, "
-                            f"{metrics['epoch_time_s']:.1f} s per epoch: {plan.total_steps} steps "
-                            f"({plan.total_steps / plan.steps_per_epoch:.2f} of {cfg.train.epochs} epochs), "
-                            f"schedules {'re-planned to fit' if first else 'adjusted to the pace'}",
-                            flush=True,
-                        )
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:  # only rank 0 writes; every rank reports
-                save_state(Path(tmp), model, optimizer, state)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{state.step:08d}")
-            if rank == 0:
-                _check_uploaded(loop_config, cfg, state.step)
-                if epoch_done and is_best:
-                    _upload_best(loop_config, cfg, Path(tmp), state.step)
-        if epoch_done:
-            if rank == 0:
-                knn = f"  kNN {metrics['knn_top1']:.3f}" if "knn_top1" in metrics else ""
-                print(
-                    f"epoch {metrics['epoch']:.4g}/{plan.total_steps / plan.steps_per_epoch:.4g}  step {state.step}/"
-                    f"{plan.total_steps}  loss {metrics['loss']:.4f}{knn}  {metrics['images_per_s']:.0f} img/s  "
-                    f"lr {metrics['lr']:.2e}  effective rank {metrics['health_effective_rank']:.1f}  "
-                    f"data wait {metrics['data_wait_fraction']:.0%}",
-                    flush=True,
-                )
-                if metrics["collapse_warning"]:
-                    print(f"WARNING epoch {state.epoch}: {collapse_warning(metrics)}", flush=True)
-                if queue is not None:
-                    send(queue, {"kind": "epoch", "step": state.step, "metrics": metrics}, block=True)
-                    if collapsed:
-                        alert = {"kind": "collapse", "step": state.step, "epoch": state.epoch, "message": warning,
-                                 "streak": state.collapse_streak, "action": cfg.train.on_collapse}  # fmt: skip
-                        send(queue, alert, block=True)
-            epoch_wall, compute_s, epoch_first_step = time.perf_counter(), 0.0, state.step
-            waited_at = counted.wait_s
-            if state.stopped:
+            epoch_done = state.step % plan.steps_per_epoch == 0 or state.step == plan.total_steps  # a budget's
+            # re-plan can end the run within an epoch: the partial epoch closes like a full one
+            if epoch_done:
+                epoch_steps = state.step - epoch_first_step  # this attempt's steps, if it resumed mid-epoch
+                means = pop_means(state)
+                health = backbone_health(api.backbone, last_batch[0].to(device))  # label-free collapse guard
+                waited = {"data_wait_fraction": min((counted.wait_s - waited_at) / max(compute_s, 1e-9), 1.0)}
+                means = distributed.mean_over_ranks(means | health | waited)  # the same numbers on every rank
+                warning = collapse_warning(means)
+                state.collapse_streak = state.collapse_streak + 1 if warning is not None else 0
+                state.epoch = state.step // plan.steps_per_epoch
+                metrics |= {
+                    **means,
+                    "epoch": state.step / plan.steps_per_epoch,
+                    "collapse_warning": float(warning is not None),
+                    "images_per_s": epoch_steps * cfg.train.batch_size / max(compute_s, 1e-9),
+                }
+                if monitor is not None:
+                    metrics["knn_top1"] = monitor(api.backbone, device)
+                if retrieval is not None:
+                    metrics["retrieval_top1"] = retrieval(api.backbone, device)
+                metrics["epoch_time_s"] = time.perf_counter() - epoch_wall
+                is_best = cfg.train.keep_best and rank == 0 and _improves(state, metrics)
+                collapsed = warning is not None and state.collapse_streak >= cfg.train.collapse_patience
+                if collapsed and cfg.train.on_collapse == "stop":
+                    state.stopped = (
+                        f"training stopped at epoch {state.epoch} (step {state.step} of {plan.total_steps}): "
+                        f"{warning}, for {state.collapse_streak} epochs in a row (train.on_collapse=stop, "
+                        f"train.collapse_patience={cfg.train.collapse_patience})"
+                    )
+                state.history.append(metrics)
+                if cfg.train.time_budget_s and state.step < plan.total_steps:
+                    spent = sum(h.get("epoch_time_s", 0.0) for h in state.history)
+                    pace = epoch_steps / max(metrics["epoch_time_s"], 1e-9)
+                    planned = _steps_in_budget(cfg, spent, pace, state.step, plan)
+                    if planned != state.planned_steps:
+                        first = state.planned_steps is None
+                        state.planned_steps = planned
+                        plan = plan_steps(cfg, samples, total_steps=planned)
+                        if reporter is not None:
+                            reporter.total = plan.total_steps
+                        if rank == 0:
+                            print(
+                                f"time budget {cfg.train.time_budget_s:.0f} s, {spent:.0f} s spent, "
+                                f"{metrics['epoch_time_s']:.1f} s per epoch: {plan.total_steps} steps "
+                                f"({plan.total_steps / plan.steps_per_epoch:.2f} of {cfg.train.epochs} epochs), "
+                                f"schedules {'re-planned to fit' if first else 'adjusted to the pace'}",
+                                flush=True,
+                            )
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if rank == 0:  # only rank 0 writes; every rank reports
+                    save_state(Path(tmp), model, optimizer, state)
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{state.step:08d}")
                 if rank == 0:
-                    print(f"STOPPED {state.stopped}", flush=True)
-                return
+                    _check_uploaded(loop_config, cfg, state.step)
+                    if is_best:
+                        _upload_best(loop_config, cfg, Path(tmp), state.step)
+            if epoch_done:
+                if rank == 0:
+                    knn = f"  kNN {metrics['knn_top1']:.3f}" if "knn_top1" in metrics else ""
+                    print(
+                        f"epoch {metrics['epoch']:.4g}/{plan.total_steps / plan.steps_per_epoch:.4g}  "
+                        f"step {state.step}/{plan.total_steps}  loss {metrics['loss']:.4f}{knn}  "
+                        f"{metrics['images_per_s']:.0f} img/s  "
+                        f"lr {metrics['lr']:.2e}  effective rank {metrics['health_effective_rank']:.1f}  "
+                        f"data wait {metrics['data_wait_fraction']:.0%}",
+                        flush=True,
+                    )
+                    if metrics["collapse_warning"]:
+                        print(f"WARNING epoch {state.epoch}: {collapse_warning(metrics)}", flush=True)
+                    if queue is not None:
+                        send(queue, {"kind": "epoch", "step": state.step, "metrics": metrics}, block=True)
+                        if collapsed:
+                            alert = {"kind": "collapse", "step": state.step, "epoch": state.epoch, "message": warning,
+                                     "streak": state.collapse_streak, "action": cfg.train.on_collapse}  # fmt: skip
+                            send(queue, alert, block=True)
+                epoch_wall, compute_s, epoch_first_step = time.perf_counter(), 0.0, state.step
+                waited_at = counted.wait_s
+                if state.stopped:
+                    if rank == 0:
+                        print(f"STOPPED {state.stopped}", flush=True)
+                    break
+
+    return {"history": state.history, "steps": state.step}
 
 
 def _improves(state: TrainState, metrics: dict[str, float]) -> bool:

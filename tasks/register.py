@@ -35,11 +35,12 @@ from sslcore.inference import Encoder, EncoderSpec
 from sslcore.plots import training_curves
 from sslcore.storage import filesystem
 from sslcore.train import backbone_state_dict
+from tasks import tracking
 from tasks.errors import retry_unless_user_error
 from tasks.faults import inject
 from tasks.model_card import model_card
 from tasks.records import EvaluateRecord, RegisterRecord
-from tasks.runtime import artifact_root, registry_errors, tracking_uri
+from tasks.runtime import registry_errors, tracking_uri
 from tasks.tracking import LIVE_TAG, find_live_run, metric_steps
 
 MODEL_CODE = Path(__file__).with_name("encoder_model.py")
@@ -96,13 +97,6 @@ def _pins() -> list[str]:
         except metadata.PackageNotFoundError:
             pins.append(name)
     return pins
-
-
-def _experiment_id(config: PipelineConfig) -> str:
-    exp = mlflow.get_experiment_by_name(config.mlflow.experiment)
-    if exp is not None:
-        return str(exp.experiment_id)
-    return str(mlflow.create_experiment(config.mlflow.experiment, artifact_location=artifact_root(config)))
 
 
 def _find_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
@@ -239,7 +233,7 @@ def _register(config: PipelineConfig, evaluation: EvaluateRecord, uri: str) -> R
     start = time.perf_counter()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    experiment_id = _experiment_id(config)
+    experiment_id = tracking.experiment_id(client, config)
     key = idempotency_key(evaluation)
     tags = _lineage(config, evaluation, key)
     name = config.mlflow.model_name

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from sslcore.config import PipelineConfig
 from tasks.records import IngestRecord
-from tasks.runtime import tracking_uri
+from tasks.runtime import artifact_root, tracking_uri
 
 RUN_NAME_TAG = "sslpipe.ray_run_name"
 LIVE_TAG = "sslpipe.live"  # the run was opened by the pretrain stage and holds live training curves
@@ -37,8 +37,6 @@ TRAINING_PARAMS = ("model", "method", "augment", "train")  # what names the trai
 
 def experiment_id(client: MlflowClient, config: PipelineConfig) -> str:
     """The configured experiment's id, created (with the configured artifact root) if missing."""
-    from tasks.runtime import artifact_root
-
     exp = client.get_experiment_by_name(config.mlflow.experiment)
     if exp is not None:
         return str(exp.experiment_id)
