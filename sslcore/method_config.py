@@ -51,6 +51,18 @@ class SimCLRConfig(StrictModel):
     gather_distributed: bool = Field(
         True, description="Use negatives from every DDP rank (global batch) instead of the local one."
     )
+    num_local_crops: NonNegativeInt = Field(
+        0,
+        description="Multi-crop (SwAV, https://arxiv.org/abs/2006.09882): small extra views; every view of an "
+        "image is a positive of every other. 0: the paper's two views.",
+    )
+    local_crop_size: PositiveInt = Field(16, description="Side of the local crops in pixels.")
+    local_crop_scale: Scale = Field((0.05, 0.4), description="Area range of the local crops (SwAV: 0.05-0.14).")
+
+    @model_validator(mode="after")
+    def _scales(self) -> SimCLRConfig:
+        _check_scale(self.local_crop_scale, "local_crop_scale")
+        return self
 
 
 class MoCoV2Config(StrictModel):
@@ -96,6 +108,42 @@ class BYOLConfig(StrictModel):
     predictor_hidden_dim: PositiveInt = 4096
     momentum_start: Momentum = Field(0.99, description="tau_base (reference: 0.996 at batch 4096).")
     momentum_end: Momentum = 1.0
+
+
+class VICRegConfig(StrictModel):
+    """VICReg, Bardes, Ponce & LeCun 2022, https://arxiv.org/abs/2105.04906."""
+
+    name: Literal["vicreg"] = "vicreg"
+    projection_hidden_dim: PositiveInt = Field(1024, description="Expander width (reference: 8192 on ResNet-50).")
+    projection_dim: PositiveInt = Field(1024, description="Embedding dimension D (reference: 8192).")
+    sim_weight: NonNegativeFloat = Field(25.0, description="Invariance coefficient lambda (reference: 25).")
+    var_weight: NonNegativeFloat = Field(25.0, description="Variance coefficient mu (reference: 25).")
+    cov_weight: NonNegativeFloat = Field(1.0, description="Covariance coefficient nu (reference: 1).")
+    eps: PositiveFloat = Field(1e-4, description="Added to the variance before the square root (reference).")
+    gather_distributed: bool = Field(
+        True, description="Variance and covariance over every DDP rank's embeddings (reference), not the local batch."
+    )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> VICRegConfig:
+        if self.sim_weight + self.var_weight + self.cov_weight == 0:
+            raise ValueError("at least one of sim_weight, var_weight, cov_weight must be > 0")
+        return self
+
+
+class BarlowTwinsConfig(StrictModel):
+    """Barlow Twins, Zbontar et al. 2021, https://arxiv.org/abs/2103.03230."""
+
+    name: Literal["barlow_twins"] = "barlow_twins"
+    projection_hidden_dim: PositiveInt = Field(1024, description="Projector width (reference: 8192 on ResNet-50).")
+    projection_dim: PositiveInt = Field(1024, description="Embedding dimension D (reference: 8192).")
+    lambda_offdiag: NonNegativeFloat = Field(
+        5e-3, description="Weight of the off-diagonal (redundancy) term (reference: 0.0051; paper: 5e-3)."
+    )
+    eps: PositiveFloat = Field(1e-5, description="Variance epsilon of the per-dimension standardisation (BatchNorm's).")
+    gather_distributed: bool = Field(
+        True, description="Cross-correlation over every DDP rank's embeddings (reference: SyncBN + all_reduce)."
+    )
 
 
 class _MultiCropConfig(StrictModel):
@@ -223,7 +271,16 @@ def _default_method_name(value: Any) -> Any:
 
 
 MethodConfig = Annotated[
-    SimCLRConfig | MoCoV2Config | MoCoV3Config | BYOLConfig | DINOConfig | DINOv2Config | MAEConfig | BEiTConfig,
+    SimCLRConfig
+    | MoCoV2Config
+    | MoCoV3Config
+    | BYOLConfig
+    | VICRegConfig
+    | BarlowTwinsConfig
+    | DINOConfig
+    | DINOv2Config
+    | MAEConfig
+    | BEiTConfig,
     Field(discriminator="name"),
     BeforeValidator(_default_method_name),
 ]

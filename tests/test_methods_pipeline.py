@@ -4,9 +4,10 @@
   theirs, ``SAME_PATH_AS``) for two steps on two Ray workers (DDP over
   gloo) on digits shards: the loop drives schedules, EMA updates, clipping and freezing, logs the
   collapse guard and writes a checkpoint the evaluation stage can load.
-* With two Ray workers, SimCLR and MoCo v2/v3 gather negatives across ranks and DINO/DINOv2
-  synchronise their centers: one step on a global batch split over the ranks gives the same loss,
-  the same (DDP-averaged) gradients and the same queue/center as one process on the whole batch.
+* With two Ray workers, SimCLR and MoCo v2/v3 gather negatives across ranks, VICReg and Barlow
+  Twins gather the embeddings for their batch statistics, and DINO/DINOv2 synchronise their
+  centers: one step on a global batch split over the ranks gives the same loss, the same
+  (DDP-averaged) gradients and the same queue/center as one process on the whole batch.
   Models run in eval mode there, so that BatchNorm, whose statistics are per rank by design, does
   not take part in the comparison.
 """
@@ -32,7 +33,15 @@ RUNS = {  # method -> extra overrides; each runs on timm's tiny test ViT (ResNet
 # Each Ray run costs ~20 s of CI's budget, mostly starting the worker group. These methods go through
 # the same worker-loop paths as one above (momentum teachers and step values; DINO's multi-crop,
 # centers and freezing; masking), and every method has its own unit, DDP and learning tests.
-SAME_PATH_AS = {"moco_v3": "moco_v2", "byol": "moco_v2", "dinov2": "dino", "beit": "mae"}
+# VICReg and Barlow Twins take SimCLR's path (two views, no schedules, no teacher).
+SAME_PATH_AS = {
+    "moco_v3": "moco_v2",
+    "byol": "moco_v2",
+    "dinov2": "dino",
+    "beit": "mae",
+    "vicreg": "simclr",
+    "barlow_twins": "simclr",
+}
 # SimCLR, the default method, runs through this loop in tests/test_e2e.py and tests/pretrain.
 ELSEWHERE = {"simclr"}
 
@@ -70,7 +79,7 @@ def test_every_method_is_in_this_file() -> None:
     from sslcore.methods import METHODS
 
     assert set(RUNS) | set(SAME_PATH_AS) | ELSEWHERE == set(METHODS.names())
-    assert set(SAME_PATH_AS.values()) <= set(RUNS)
+    assert set(SAME_PATH_AS.values()) <= set(RUNS) | ELSEWHERE
 
 
 @pytest.mark.timeout(300)
@@ -111,6 +120,8 @@ CASES: dict[str, list[str]] = {
         "method.projection_dim=16",
         "method.predictor_hidden_dim=32",
     ],
+    "vicreg": ["method.name=vicreg", *HEAD],
+    "barlow_twins": ["method.name=barlow_twins", *HEAD],
     "dino": [
         "method.name=dino",
         "method.hidden_dim=32",

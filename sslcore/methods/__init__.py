@@ -10,6 +10,7 @@ from torch import nn
 
 from sslcore.backbones import create_backbone
 from sslcore.config import ConfigError, PipelineConfig
+from sslcore.methods.barlow_twins import BarlowTwins
 from sslcore.methods.base import METHODS, Method, StepValues, as_method, unwrap
 from sslcore.methods.beit import BEiT
 from sslcore.methods.byol import BYOL
@@ -19,6 +20,7 @@ from sslcore.methods.mae import MAE
 from sslcore.methods.moco_v2 import MoCoV2
 from sslcore.methods.moco_v3 import MoCoV3
 from sslcore.methods.simclr import SimCLR
+from sslcore.methods.vicreg import VICReg
 from sslcore.nn.vit import is_vit
 
 __all__ = [
@@ -27,12 +29,14 @@ __all__ = [
     "MAE",
     "METHODS",
     "BEiT",
+    "BarlowTwins",
     "DINOv2",
     "Method",
     "MoCoV2",
     "MoCoV3",
     "SimCLR",
     "StepValues",
+    "VICReg",
     "as_method",
     "build_method",
     "check_method_backbone",

@@ -17,13 +17,16 @@ class ProjectionHead(nn.Module):
     Args:
         blocks: ``(in_dim, out_dim, norm, activation)`` for each layer. A linear layer followed by a
             norm has no bias, since the norm's shift makes it redundant.
+        last_bias: Whether the last linear layer (when no norm follows it) has a bias; ``False``
+            for heads whose loss is invariant to a shift of the output (VICReg, Barlow Twins).
     """
 
-    def __init__(self, blocks: Sequence[Block]) -> None:
+    def __init__(self, blocks: Sequence[Block], *, last_bias: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        for in_dim, out_dim, norm, act in blocks:
-            layers.append(nn.Linear(in_dim, out_dim, bias=norm is None))
+        for i, (in_dim, out_dim, norm, act) in enumerate(blocks):
+            bias = norm is None and (last_bias or i < len(blocks) - 1)
+            layers.append(nn.Linear(in_dim, out_dim, bias=bias))
             if norm is not None:
                 layers.append(norm)
             if act is not None:
@@ -45,6 +48,38 @@ class SimCLRProjectionHead(ProjectionHead):
                 (input_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)),
                 (hidden_dim, output_dim, None, None),
             ]
+        )
+
+
+class VICRegProjectionHead(ProjectionHead):
+    """VICReg's expander, https://arxiv.org/abs/2105.04906 (sec. 4.1): two Linear-BN-ReLU layers and
+    a third linear layer, 8192 wide on a ResNet-50. The last layer has no bias, as in the reference
+    code: the loss is invariant to a shift of the embeddings."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
+        super().__init__(
+            [
+                (input_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)),
+                (hidden_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)),
+                (hidden_dim, output_dim, None, None),
+            ],
+            last_bias=False,
+        )
+
+
+class BarlowTwinsProjectionHead(ProjectionHead):
+    """Barlow Twins' projector, https://arxiv.org/abs/2103.03230 (sec. 3): three linear layers of 8192
+    units, the first two followed by BN and ReLU. The last layer has no bias, as in the reference
+    code: the loss standardises every dimension, which removes a shift."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
+        super().__init__(
+            [
+                (input_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)),
+                (hidden_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)),
+                (hidden_dim, output_dim, None, None),
+            ],
+            last_bias=False,
         )
 
 

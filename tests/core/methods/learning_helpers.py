@@ -42,6 +42,8 @@ BUDGETS: dict[str, tuple[list[str], int]] = {
     "moco_v2": (TEST_RESNET, 3),
     "moco_v3": (TEST_RESNET, 3),
     "byol": (TEST_VIT, 6),
+    "vicreg": (TEST_RESNET, 3),
+    "barlow_twins": (TEST_RESNET, 3),
     "dino": (TEST_RESNET, 3),
     "dinov2": (TEST_VIT, 2),
     "mae": (TEST_VIT, 18),

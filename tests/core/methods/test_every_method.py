@@ -39,6 +39,8 @@ SMALL = {
     "moco_v2": ["method.projection_hidden_dim=32", "method.projection_dim=16", "method.queue_size=24"],
     "moco_v3": ["method.projection_hidden_dim=32", "method.projection_dim=16", "method.predictor_hidden_dim=32"],
     "byol": ["method.projection_hidden_dim=32", "method.projection_dim=16", "method.predictor_hidden_dim=32"],
+    "vicreg": ["method.projection_hidden_dim=32", "method.projection_dim=16"],
+    "barlow_twins": ["method.projection_hidden_dim=32", "method.projection_dim=16"],
     "dino": ["method.hidden_dim=32", "method.bottleneck_dim=16", "method.output_dim=64", "method.num_local_crops=2"],
     "dinov2": [
         "method.hidden_dim=32",

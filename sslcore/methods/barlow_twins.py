@@ -1,0 +1,78 @@
+"""Barlow Twins, Zbontar et al. 2021, https://arxiv.org/abs/2103.03230.
+
+Two augmented views of each image pass through the backbone and an MLP projector; the loss pushes
+the cross-correlation matrix of the two (batch-standardised) embeddings towards the identity:
+matching dimensions agree across views, different dimensions are decorrelated. No negatives, no
+teacher, no predictor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from sslcore import distributed
+from sslcore.backbones import feature_dim
+from sslcore.config import AugmentConfig
+from sslcore.health import embedding_std
+from sslcore.losses import barlow_twins_loss
+from sslcore.method_config import BarlowTwinsConfig
+from sslcore.methods.base import METHODS, StepValues, check_views, plain_values
+from sslcore.nn.heads import BarlowTwinsProjectionHead
+from sslcore.schedules import StepPlan
+from sslcore.transforms import MultiView, view_transform
+
+
+@METHODS.register("barlow_twins")
+class BarlowTwins(nn.Module):
+    """Backbone + projector trained with the Barlow Twins loss.
+
+    Attributes:
+        backbone: maps (B, C, H, W) to features (B, F); the part that is kept after pretraining.
+        projection_head: the projector, features -> embeddings (B, projection_dim).
+    """
+
+    num_views = 2
+    requires_vit: ClassVar[bool] = False
+
+    def __init__(self, backbone: nn.Module, cfg: BarlowTwinsConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.projection_head = BarlowTwinsProjectionHead(
+            feature_dim(backbone), cfg.projection_hidden_dim, cfg.projection_dim
+        )
+
+    def forward(self, views: list[Tensor], values: StepValues | None = None) -> dict[str, Tensor]:
+        """Loss of two views ``[x0, x1]``, each (B, C, H, W); Barlow Twins has no scheduled values."""
+        check_views("BarlowTwins", views, self.num_views)
+        x = torch.cat(views, dim=0)  # one backbone pass over both views keeps BN statistics joint
+        z0, z1 = self.projection_head(self.backbone(x)).chunk(2, dim=0)
+        local = z0
+        if self.cfg.gather_distributed and distributed.is_distributed():
+            # standardise and correlate over the global batch (the reference's SyncBN + all_reduce
+            # of C); with the gather's backward and DDP's averaging, the single-process gradient
+            z0, z1 = distributed.gather_with_grad(z0), distributed.gather_with_grad(z1)
+        terms = barlow_twins_loss(z0, z1, lambda_offdiag=self.cfg.lambda_offdiag, eps=self.cfg.eps)
+        return {
+            "loss": terms.loss,
+            "embedding_std": embedding_std(local.detach()),
+            "on_diag": terms.on_diag.detach(),
+            "off_diag": terms.off_diag.detach(),
+        }
+
+    def view_transform(self, augment: AugmentConfig, image_size: int) -> Callable[[Image.Image], list[Tensor]]:
+        return MultiView(view_transform(augment, image_size), self.num_views)
+
+    def step_values(self, step: int, plan: StepPlan) -> StepValues:
+        return plain_values(step, plan)
+
+    def before_optimizer_step(self, values: StepValues) -> None:
+        """Nothing to do: no frozen layers, no clipping."""
+
+    def after_optimizer_step(self, values: StepValues) -> None:
+        """Nothing to do: no teacher."""

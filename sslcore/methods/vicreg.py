@@ -1,0 +1,82 @@
+"""VICReg, Bardes, Ponce & LeCun 2022, https://arxiv.org/abs/2105.04906.
+
+Two augmented views of each image pass through the backbone and an MLP expander; the loss keeps
+the two embeddings of an image close (invariance) while every embedding dimension keeps a standard
+deviation of at least 1 over the batch (variance) and the dimensions stay decorrelated
+(covariance). No negatives, no teacher, no predictor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from sslcore import distributed
+from sslcore.backbones import feature_dim
+from sslcore.config import AugmentConfig
+from sslcore.health import embedding_std
+from sslcore.losses import vicreg_loss
+from sslcore.method_config import VICRegConfig
+from sslcore.methods.base import METHODS, StepValues, check_views, plain_values
+from sslcore.nn.heads import VICRegProjectionHead
+from sslcore.schedules import StepPlan
+from sslcore.transforms import MultiView, view_transform
+
+
+@METHODS.register("vicreg")
+class VICReg(nn.Module):
+    """Backbone + expander trained with the VICReg loss.
+
+    Attributes:
+        backbone: maps (B, C, H, W) to features (B, F); the part that is kept after pretraining.
+        projection_head: the expander, features -> embeddings (B, projection_dim).
+    """
+
+    num_views = 2
+    requires_vit: ClassVar[bool] = False
+
+    def __init__(self, backbone: nn.Module, cfg: VICRegConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.projection_head = VICRegProjectionHead(
+            feature_dim(backbone), cfg.projection_hidden_dim, cfg.projection_dim
+        )
+
+    def forward(self, views: list[Tensor], values: StepValues | None = None) -> dict[str, Tensor]:
+        """Loss of two views ``[x0, x1]``, each (B, C, H, W); VICReg has no scheduled values."""
+        check_views("VICReg", views, self.num_views)
+        x = torch.cat(views, dim=0)  # one backbone pass over both views keeps BN statistics joint
+        z0, z1 = self.projection_head(self.backbone(x)).chunk(2, dim=0)
+        local = z0
+        if self.cfg.gather_distributed and distributed.is_distributed():
+            # the global batch on every rank: the same loss everywhere, and with the gather's
+            # backward and DDP's averaging exactly the single-process gradient
+            z0, z1 = distributed.gather_with_grad(z0), distributed.gather_with_grad(z1)
+        cfg = self.cfg
+        terms = vicreg_loss(
+            z0, z1, sim_weight=cfg.sim_weight, var_weight=cfg.var_weight, cov_weight=cfg.cov_weight, eps=cfg.eps
+        )
+        return {
+            "loss": terms.loss,
+            "embedding_std": embedding_std(local.detach()),
+            "invariance": terms.invariance.detach(),
+            "variance": terms.variance.detach(),
+            "covariance": terms.covariance.detach(),
+        }
+
+    def view_transform(self, augment: AugmentConfig, image_size: int) -> Callable[[Image.Image], list[Tensor]]:
+        return MultiView(view_transform(augment, image_size), self.num_views)
+
+    def step_values(self, step: int, plan: StepPlan) -> StepValues:
+        return plain_values(step, plan)
+
+    def before_optimizer_step(self, values: StepValues) -> None:
+        """Nothing to do: no frozen layers, no clipping."""
+
+    def after_optimizer_step(self, values: StepValues) -> None:
+        """Nothing to do: no teacher."""
