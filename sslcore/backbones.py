@@ -32,10 +32,20 @@ def _adapt_resnet_stem(model: nn.Module) -> None:
     model.maxpool = nn.Identity()
 
 
+def timm_kwargs(cfg: ModelConfig) -> dict[str, object]:
+    """The keyword arguments besides the name that ``timm.create_model`` gets for ``cfg`` (stage widths)."""
+    return {} if cfg.widths is None else {"channels": tuple(cfg.widths)}
+
+
 def create_backbone(cfg: ModelConfig, in_chans: int = 3) -> nn.Module:
     """Build an untrained feature extractor that maps ``(B, C, S, S)`` to ``(B, num_features)``."""
     kwargs: dict[str, object] = {}
-    probe = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, in_chans=in_chans)
+    try:
+        probe = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, in_chans=in_chans, **timm_kwargs(cfg))
+    except TypeError as e:
+        if cfg.widths is None:
+            raise
+        raise ValueError(f"model.widths is for timm ResNets; '{cfg.backbone}' takes no stage widths ({e})") from e
     if _is_vit(probe):
         if not cfg.stem_pool:
             raise ValueError(f"model.stem_pool=false is for ResNets, not the ViT '{cfg.backbone}'")

@@ -170,6 +170,11 @@ class ModelConfig(StrictModel):
     )
     image_size: PositiveInt = Field(16, description="Input side length after resizing.")
     patch_size: PositiveInt | None = Field(None, description="ViTs: patch size override.")
+    widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] | None = Field(
+        None,
+        description="ResNets: channels of the four stages (timm's `channels`, stock 64/128/256/512); "
+        "half widths cost about a quarter of the compute. Default: the architecture's own.",
+    )
 
     @field_validator("backbone")
     @classmethod
@@ -238,6 +243,11 @@ class TrainConfig(StrictModel):
         "training threads, a positive value lets the training threads win them.",
     )
     amp: bool = Field(True, description="bf16 autocast when a CUDA device is used.")
+    cpu_amp: bool = Field(
+        False,
+        description="bf16 autocast when training on a CPU: +32% images/s for resnet10t at 32 px on an AVX-512 BF16 "
+        "EPYC (docs/training.md); slower on CPUs without native bf16 (check lscpu for avx512_bf16 or amx).",
+    )
     channels_last: bool = Field(
         True,
         description="channels_last memory format: faster convolutions on CUDA and on CPUs (oneDNN; SimCLR on a "

@@ -108,10 +108,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU training stays fp32)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on ``device`` (CUDA or CPU) when enabled, else a no-op. On a CPU it pays only with native
+    bf16 instructions (AVX-512 BF16, AMX): :func:`amp_enabled` decides from the config."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def amp_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether training on ``device`` runs under bf16 autocast: ``train.amp`` on CUDA, ``train.cpu_amp`` on a CPU."""
+    return cfg.amp if device.type == "cuda" else cfg.cpu_amp if device.type == "cpu" else False
 
 
 def train_step(
@@ -121,7 +127,7 @@ def train_step(
     *,
     lr: float,
     device: torch.device,
-    amp: bool = True,
+    amp: bool = False,
     values: StepValues | None = None,
     channels_last: bool = False,
 ) -> dict[str, float]:
@@ -134,7 +140,7 @@ def train_step(
         optimizer: From :func:`build_optimizer`.
         lr: Learning rate for this step.
         device: Where to compute.
-        amp: bf16 autocast on CUDA.
+        amp: bf16 autocast (see :func:`amp_enabled`).
         channels_last: Move 4-D views to channels-last memory (with a channels-last model).
         values: The method's scheduled values for this step (``method.step_values(step, plan)``).
             When given, they are passed to ``forward``, ``values.weight_decay`` (if set) is applied
@@ -188,7 +194,7 @@ def run_steps(
     *,
     stop: int,
     device: torch.device,
-    amp: bool = True,
+    amp: bool = False,
     seed: int | None = None,
     rank: int = 0,
     channels_last: bool = False,
@@ -246,7 +252,7 @@ def train_epoch(
     state: TrainState,
     *,
     device: torch.device,
-    amp: bool = True,
+    amp: bool = False,
 ) -> tuple[dict[str, float], list[Tensor]]:
     """``plan.steps_per_epoch`` steps (see :func:`run_steps`).
 

@@ -65,3 +65,40 @@ def ntxent(
     )  # (2b, 2n)
     targets = torch.cat([positives, positives])
     return F.cross_entropy(logits, targets)
+
+
+def multi_positive_ntxent(
+    views: list[Tensor], *, temperature: float, views_all: list[Tensor] | None = None, offset: int = 0
+) -> Tensor:
+    """NT-Xent for V >= 2 views of each image (multi-crop SimCLR, as in SwAV's multi-crop ablation and
+    solo-learn's SimCLR): every view is an anchor, every other view of the same image is a positive,
+    and the views of the other images are its negatives.
+
+    ``l(i) = -log sum_{p in P(i)} exp(s_ip / t) / sum_{k != i} exp(s_ik / t)``, averaged over the V*B
+    local anchors; with two views it is :func:`ntxent` exactly (one positive per anchor).
+
+    Args:
+        views: V tensors (B, D), the projections of view v of each local image, in the same image order.
+        temperature: Softmax temperature ``t`` (> 0).
+        views_all: The same V views gathered from every rank, each (W*B, D); ``None``: the local batch only.
+        offset: Row of the local images inside each gathered view (``rank * B``).
+    """
+    if not temperature > 1e-8:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if len(views) < 2 or any(v.shape != views[0].shape or v.dim() != 2 for v in views):
+        raise ValueError(f"need at least two (B, D) views of the same shape, got {[tuple(v.shape) for v in views]}")
+    if views_all is None:
+        views_all, offset = views, 0
+    if len(views_all) != len(views):
+        raise ValueError(f"views_all has {len(views_all)} views, views {len(views)}")
+    b, n = views[0].shape[0], views_all[0].shape[0]
+    anchors = F.normalize(torch.cat(views), dim=1)  # (V*b, D), view-major
+    keys = F.normalize(torch.cat(views_all), dim=1)  # (V*n, D)
+    device = anchors.device
+    anchor_image = torch.arange(b, device=device).repeat(len(views)) + offset
+    anchor_row = anchor_image + torch.arange(len(views), device=device).repeat_interleave(b) * n
+    key_image = torch.arange(n, device=device).repeat(len(views))
+    is_self = anchor_row[:, None] == torch.arange(keys.shape[0], device=device)[None, :]
+    logits = (anchors @ keys.T / temperature).masked_fill(is_self, float("-inf"))
+    positive = (anchor_image[:, None] == key_image[None, :]) & ~is_self
+    return (logits.logsumexp(dim=1) - logits.masked_fill(~positive, float("-inf")).logsumexp(dim=1)).mean()

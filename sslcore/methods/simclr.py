@@ -18,10 +18,11 @@ from sslcore.backbones import feature_dim
 from sslcore.config import AugmentConfig, SimCLRConfig
 from sslcore.health import embedding_std
 from sslcore.losses import ntxent
+from sslcore.losses.ntxent import multi_positive_ntxent
 from sslcore.methods.base import METHODS, StepValues, check_views, plain_values
 from sslcore.nn.heads import SimCLRProjectionHead
 from sslcore.schedules import StepPlan
-from sslcore.transforms import MultiView, view_transform
+from sslcore.transforms import MultiCrop, MultiView, view_transform
 
 
 @METHODS.register("simclr")
@@ -33,22 +34,31 @@ class SimCLR(nn.Module):
         projection_head: maps features to the contrastive space (B, projection_dim).
     """
 
-    num_views = 2
     requires_vit: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, cfg: SimCLRConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.num_views = 2 + cfg.num_local_crops
         self.backbone = backbone
         self.projection_head = SimCLRProjectionHead(
             feature_dim(backbone), cfg.projection_hidden_dim, cfg.projection_dim
         )
 
     def forward(self, views: list[Tensor], values: StepValues | None = None) -> dict[str, Tensor]:
-        """Loss of two views ``[x0, x1]``, each (B, C, H, W); SimCLR has no scheduled values."""
+        """Loss of two views ``[x0, x1]``, each (B, C, H, W), then ``cfg.num_local_crops`` local views;
+        SimCLR has no scheduled values."""
         check_views("SimCLR", views, self.num_views)
-        x = torch.cat(views, dim=0)  # one backbone pass over both views keeps BN statistics joint
+        x = torch.cat(views[:2], dim=0)  # one backbone pass over both views keeps BN statistics joint
         z0, z1 = self.projection_head(self.backbone(x)).chunk(2, dim=0)
+        if len(views) > 2:  # multi-crop: the local views in one pass of their own (another size)
+            local = self.projection_head(self.backbone(torch.cat(views[2:], dim=0))).chunk(len(views) - 2, dim=0)
+            zs = [z0, z1, *local]
+            zs_all, offset = None, 0
+            if self.cfg.gather_distributed and distributed.is_distributed():
+                zs_all, offset = [distributed.gather_with_grad(z) for z in zs], distributed.rank() * z0.shape[0]
+            loss = multi_positive_ntxent(zs, temperature=self.cfg.temperature, views_all=zs_all, offset=offset)
+            return {"loss": loss, "embedding_std": embedding_std(z0.detach())}
         z0_all = z1_all = None
         offset = 0
         if self.cfg.gather_distributed and distributed.is_distributed():
@@ -58,7 +68,15 @@ class SimCLR(nn.Module):
         return {"loss": loss, "embedding_std": embedding_std(z0.detach())}
 
     def view_transform(self, augment: AugmentConfig, image_size: int) -> Callable[[Image.Image], list[Tensor]]:
-        return MultiView(view_transform(augment, image_size), self.num_views)
+        if self.cfg.num_local_crops == 0:
+            return MultiView(view_transform(augment, image_size), 2)
+        return MultiCrop(
+            [
+                view_transform(augment, image_size),
+                view_transform(augment, self.cfg.local_crop_size, crop_scale=self.cfg.local_crop_scale),
+            ],
+            [2, self.cfg.num_local_crops],
+        )
 
     def step_values(self, step: int, plan: StepPlan) -> StepValues:
         return plain_values(step, plan)

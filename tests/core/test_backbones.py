@@ -127,3 +127,15 @@ def test_output_dim_measures_and_restores_mode(training: bool) -> None:
     assert output_dim(model, 16) == feature_dim(model)
     assert model.training is training
     torch.testing.assert_close(bn.running_mean, before)  # measured in eval mode
+
+
+def test_widths_set_the_stage_channels_of_a_resnet() -> None:
+    model = create_backbone(ModelConfig(backbone="resnet10t", small_image_stem=False, widths=(16, 32, 48, 64)))
+    assert feature_dim(model) == 64
+    assert [model.get_submodule(f"layer{i}")[0].conv1.out_channels for i in range(1, 5)] == [16, 32, 48, 64]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 64)
+
+
+def test_widths_on_a_model_without_stages_is_an_error() -> None:
+    with pytest.raises(ValueError, match="model.widths is for timm ResNets"):
+        create_backbone(ModelConfig(backbone="vit_tiny_patch16_224", image_size=32, widths=(16, 32, 48, 64)))

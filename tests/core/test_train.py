@@ -15,6 +15,7 @@ from sslcore.methods import build_method
 from sslcore.train import (
     STATE_FILE,
     TrainState,
+    amp_enabled,
     autocast,
     backbone_state_dict,
     build_optimizer,
@@ -181,9 +182,19 @@ def test_non_finite_loss_raises_before_the_update() -> None:
     assert torch.equal(model.w.detach(), torch.ones(2))
 
 
-def test_autocast_is_a_no_op_on_cpu() -> None:
+def test_autocast_on_cpu_only_when_enabled() -> None:
     with autocast(CPU, enabled=True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(CPU, enabled=False):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_amp_enabled_reads_the_setting_of_the_device() -> None:
+    train = _cfg("train.amp=true", "train.cpu_amp=false").train
+    assert amp_enabled(train, torch.device("cuda")) and not amp_enabled(train, CPU)
+    train = _cfg("train.amp=false", "train.cpu_amp=true").train
+    assert amp_enabled(train, CPU) and not amp_enabled(train, torch.device("cuda"))
+    assert not amp_enabled(train, torch.device("meta"))
 
 
 # --------------------------------------------------------------------------- checkpoint state

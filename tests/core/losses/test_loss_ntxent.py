@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sslcore.losses import ntxent
+from sslcore.losses.ntxent import multi_positive_ntxent
 
 
 def ntxent_reference(z0: np.ndarray, z1: np.ndarray, temperature: float) -> float:
@@ -153,3 +154,71 @@ def test_rejects_only_one_gathered_tensor() -> None:
         ntxent(z0, z1, temperature=0.1, z0_all=z0)
     with pytest.raises(ValueError, match="pass both z0_all and z1_all"):
         ntxent(z0, z1, temperature=0.1, z1_all=z1)
+
+
+def multi_positive_reference(views: list[np.ndarray], temperature: float) -> float:
+    """The multi-positive form literally: anchor i, positives P(i) = the other views of its image,
+    ``-log(sum_{p in P(i)} exp(s_ip / t) / sum_{k != i} exp(s_ik / t))``, averaged over all V*N anchors."""
+    z = np.concatenate(views).astype(np.float64)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(views[0])
+    total = 0.0
+    for i in range(len(z)):
+        sims = {k: math.exp(float(z[i] @ z[k]) / temperature) for k in range(len(z)) if k != i}
+        positive = sum(v for k, v in sims.items() if k % n == i % n)
+        total += -math.log(positive / sum(sims.values()))
+    return total / len(z)
+
+
+@pytest.mark.parametrize("num_views", [2, 3, 6])
+@pytest.mark.parametrize("batch", [2, 7])
+def test_multi_positive_matches_naive_reference(num_views: int, batch: int) -> None:
+    g = torch.Generator().manual_seed(num_views)
+    views = [torch.randn(batch, 8, generator=g, dtype=torch.float64) for _ in range(num_views)]
+    expected = multi_positive_reference([v.numpy() for v in views], 0.2)
+    assert multi_positive_ntxent(views, temperature=0.2).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_multi_positive_with_two_views_is_ntxent() -> None:
+    z0, z1 = _pair(9, 16)
+    assert multi_positive_ntxent([z0, z1], temperature=0.1).item() == pytest.approx(
+        ntxent(z0, z1, temperature=0.1).item(), rel=1e-12
+    )
+
+
+def test_multi_positive_gathered_form_matches_the_full_batch() -> None:
+    """Each rank's loss over its local anchors, with every rank's views as keys, averages to the loss
+    of the whole global batch, as with :func:`ntxent`'s gathered form."""
+    g = torch.Generator().manual_seed(3)
+    world, local = 3, 4
+    full = [torch.randn(world * local, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    per_rank = [
+        multi_positive_ntxent(
+            [v[r * local : (r + 1) * local] for v in full], temperature=0.3, views_all=full, offset=r * local
+        )
+        for r in range(world)
+    ]
+    assert torch.stack(per_rank).mean().item() == pytest.approx(
+        multi_positive_ntxent(full, temperature=0.3).item(), rel=1e-9
+    )
+    # the offset picks the rows: a wrong one is a different loss
+    wrong = multi_positive_ntxent([v[:local] for v in full], temperature=0.3, views_all=full, offset=local)
+    assert wrong.item() != pytest.approx(per_rank[0].item())
+
+
+def test_multi_positive_all_views_of_an_image_aligned_is_low() -> None:
+    """Views that agree per image and are orthogonal across images: each anchor's V-1 positives carry
+    all the mass but the negatives' exp(0): the closed form log(1 + (V*N - V) e^{-1/t} / (V - 1))."""
+    n, v, t = 4, 3, 0.5
+    base = torch.eye(n, 8, dtype=torch.float64)
+    expected = math.log(1 + (v * n - v) * math.exp(-1 / t) / (v - 1))
+    assert multi_positive_ntxent([base] * v, temperature=t).item() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "views",
+    [[torch.randn(4, 8)], [torch.randn(4, 8), torch.randn(3, 8)], [torch.randn(4, 8, 1), torch.randn(4, 8, 1)]],
+)
+def test_multi_positive_rejects_bad_views(views: list[torch.Tensor]) -> None:
+    with pytest.raises(ValueError, match="views"):
+        multi_positive_ntxent(views, temperature=0.1)

@@ -12,8 +12,9 @@ from PIL import Image
 from torch import nn
 
 from sslcore.backbones import feature_dim
-from sslcore.config import PipelineConfig, load_config
+from sslcore.config import ConfigError, PipelineConfig, load_config
 from sslcore.losses import ntxent
+from sslcore.losses.ntxent import multi_positive_ntxent
 from sslcore.methods import SimCLR, build_method
 
 SMALL_HEAD = ["method.projection_hidden_dim=32", "method.projection_dim=16"]
@@ -87,3 +88,28 @@ def test_view_transform_makes_two_views() -> None:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8))
     views = model.view_transform(cfg.augment, 16)(image)
     assert len(views) == 2 and all(v.shape == (3, 16, 16) for v in views)
+
+
+def test_multi_crop_views_and_loss() -> None:
+    """``num_local_crops`` adds small views after the two global ones; the loss treats every view of an
+    image as a positive of every other (the multi-positive NT-Xent), over one pass per view size."""
+    cfg = _cfg("method.num_local_crops=3", "method.local_crop_size=8")
+    model = build_method(cfg)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    views = model.view_transform(cfg.augment, 16)(image)
+    assert [tuple(v.shape) for v in views] == [(3, 16, 16)] * 2 + [(3, 8, 8)] * 3
+    batch = _views(2, 4, 16) + _views(3, 4, 8, seed=1)
+    model.eval()  # BatchNorm in eval mode: the same features whatever else is in the pass
+    with torch.no_grad():
+        out = model(batch)
+        z = [model.projection_head(model.backbone(v)) for v in batch]
+    assert out["loss"].item() == pytest.approx(
+        multi_positive_ntxent(z, temperature=cfg.method.temperature).item(), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="SimCLR takes 5 views, got 2"):
+        model(batch[:2])
+
+
+def test_local_crop_scale_is_validated() -> None:
+    with pytest.raises(ConfigError, match="local_crop_scale"):
+        _cfg("method.local_crop_scale=[0.5, 0.2]")
