@@ -117,7 +117,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
 
-    cfg = load_config(None, [*(BASE if args.dataset == "fashion_mnist" else []), *args.overrides])
+    base = BASE if args.dataset == "fashion_mnist" else []
+    if any(o.startswith("method.name=") for o in args.overrides):  # another method: none of SimCLR's settings
+        base = [b for b in base if not b.startswith("method.")]
+    cfg = load_config(None, [*base, *args.overrides])
     if args.dataset == "digits":
         xtr, ytr, xva, yva = load_digits_train(args.val or 300, args.seed)
     else:

@@ -137,5 +137,5 @@ def test_widths_set_the_stage_channels_of_a_resnet() -> None:
 
 
 def test_widths_on_a_model_without_stages_is_an_error() -> None:
-    with pytest.raises(ValueError, match="model.widths is for timm ResNets"):
+    with pytest.raises(ValueError, match=r"model\.widths is for timm ResNets"):
         create_backbone(ModelConfig(backbone="vit_tiny_patch16_224", image_size=32, widths=(16, 32, 48, 64)))

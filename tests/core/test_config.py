@@ -48,7 +48,8 @@ def test_sections_are_frozen() -> None:
         ),
         (
             ["model.zzzzzz=1"],
-            "unknown key 'model.zzzzzz' (valid keys: backbone, small_image_stem, stem_pool, image_size, patch_size, widths)",
+            "unknown key 'model.zzzzzz' (valid keys: backbone, small_image_stem, stem_pool, image_size, patch_size, "
+            "widths)",
         ),
     ],
 )
