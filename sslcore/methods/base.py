@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol, cast
 from PIL import Image
 from torch import Tensor, nn
 
+from sslcore import distributed
 from sslcore.config import AugmentConfig
 from sslcore.registry import Registry
 from sslcore.schedules import StepPlan, momentum_schedule
@@ -115,3 +116,14 @@ def as_method(model: nn.Module) -> Method:
 def check_views(name: str, views: list[Tensor], expected: int) -> None:
     if len(views) != expected:
         raise ValueError(f"{name} takes {expected} views, got {len(views)}")
+
+
+def global_pair(z0: Tensor, z1: Tensor, gather: bool) -> tuple[Tensor, Tensor]:
+    """Both views' embeddings over the global batch when ``gather`` and training under DDP, else as given.
+
+    For losses computed on the whole batch (VICReg, Barlow Twins): every rank then computes the same loss, and
+    with the gather's backward and DDP's gradient averaging that is exactly the single-process gradient.
+    """
+    if gather and distributed.is_distributed():
+        return distributed.gather_with_grad(z0), distributed.gather_with_grad(z1)
+    return z0, z1

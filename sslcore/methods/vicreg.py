@@ -15,13 +15,12 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from sslcore import distributed
 from sslcore.backbones import feature_dim
 from sslcore.config import AugmentConfig
 from sslcore.health import embedding_std
 from sslcore.losses import vicreg_loss
 from sslcore.method_config import VICRegConfig
-from sslcore.methods.base import METHODS, StepValues, check_views, plain_values
+from sslcore.methods.base import METHODS, StepValues, check_views, global_pair, plain_values
 from sslcore.nn.heads import VICRegProjectionHead
 from sslcore.schedules import StepPlan
 from sslcore.transforms import MultiView, view_transform
@@ -53,10 +52,7 @@ class VICReg(nn.Module):
         x = torch.cat(views, dim=0)  # one backbone pass over both views keeps BN statistics joint
         z0, z1 = self.projection_head(self.backbone(x)).chunk(2, dim=0)
         local = z0
-        if self.cfg.gather_distributed and distributed.is_distributed():
-            # the global batch on every rank: the same loss everywhere, and with the gather's
-            # backward and DDP's averaging exactly the single-process gradient
-            z0, z1 = distributed.gather_with_grad(z0), distributed.gather_with_grad(z1)
+        z0, z1 = global_pair(z0, z1, self.cfg.gather_distributed)
         cfg = self.cfg
         terms = vicreg_loss(
             z0, z1, sim_weight=cfg.sim_weight, var_weight=cfg.var_weight, cov_weight=cfg.cov_weight, eps=cfg.eps

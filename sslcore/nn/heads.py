@@ -67,20 +67,10 @@ class VICRegProjectionHead(ProjectionHead):
         )
 
 
-class BarlowTwinsProjectionHead(ProjectionHead):
-    """Barlow Twins' projector, https://arxiv.org/abs/2103.03230 (sec. 3): three linear layers of 8192
-    units, the first two followed by BN and ReLU. The last layer has no bias, as in the reference
-    code: the loss standardises every dimension, which removes a shift."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
-        super().__init__(
-            [
-                (input_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)),
-                (hidden_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)),
-                (hidden_dim, output_dim, None, None),
-            ],
-            last_bias=False,
-        )
+class BarlowTwinsProjectionHead(VICRegProjectionHead):
+    """Barlow Twins' projector, https://arxiv.org/abs/2103.03230 (sec. 3): the same layers as VICReg's
+    expander (three linear layers of 8192 units, the first two followed by BN and ReLU, no bias at the
+    end: the loss standardises every dimension, which removes a shift)."""
 
 
 class MoCoV2ProjectionHead(ProjectionHead):
