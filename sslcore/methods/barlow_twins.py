@@ -8,35 +8,24 @@ teacher, no predictor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import ClassVar
-
-import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from sslcore.backbones import feature_dim
-from sslcore.config import AugmentConfig
 from sslcore.health import embedding_std
 from sslcore.losses import barlow_twins_loss
 from sslcore.method_config import BarlowTwinsConfig
-from sslcore.methods.base import METHODS, StepValues, check_views, global_pair, plain_values
+from sslcore.methods.base import METHODS, StepValues, TwoViewMethod, global_pair
 from sslcore.nn.heads import BarlowTwinsProjectionHead
-from sslcore.schedules import StepPlan
-from sslcore.transforms import MultiView, view_transform
 
 
 @METHODS.register("barlow_twins")
-class BarlowTwins(nn.Module):
+class BarlowTwins(TwoViewMethod):
     """Backbone + projector trained with the Barlow Twins loss.
 
     Attributes:
         backbone: maps (B, C, H, W) to features (B, F); the part that is kept after pretraining.
         projection_head: the projector, features -> embeddings (B, projection_dim).
     """
-
-    num_views = 2
-    requires_vit: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, cfg: BarlowTwinsConfig) -> None:
         super().__init__()
@@ -48,9 +37,7 @@ class BarlowTwins(nn.Module):
 
     def forward(self, views: list[Tensor], values: StepValues | None = None) -> dict[str, Tensor]:
         """Loss of two views ``[x0, x1]``, each (B, C, H, W); Barlow Twins has no scheduled values."""
-        check_views("BarlowTwins", views, self.num_views)
-        x = torch.cat(views, dim=0)  # one backbone pass over both views keeps BN statistics joint
-        z0, z1 = self.projection_head(self.backbone(x)).chunk(2, dim=0)
+        z0, z1 = self.joint_pass("BarlowTwins", views)
         local = z0
         z0, z1 = global_pair(z0, z1, self.cfg.gather_distributed)
         terms = barlow_twins_loss(z0, z1, lambda_offdiag=self.cfg.lambda_offdiag, eps=self.cfg.eps)
@@ -60,15 +47,3 @@ class BarlowTwins(nn.Module):
             "on_diag": terms.on_diag.detach(),
             "off_diag": terms.off_diag.detach(),
         }
-
-    def view_transform(self, augment: AugmentConfig, image_size: int) -> Callable[[Image.Image], list[Tensor]]:
-        return MultiView(view_transform(augment, image_size), self.num_views)
-
-    def step_values(self, step: int, plan: StepPlan) -> StepValues:
-        return plain_values(step, plan)
-
-    def before_optimizer_step(self, values: StepValues) -> None:
-        """Nothing to do: no frozen layers, no clipping."""
-
-    def after_optimizer_step(self, values: StepValues) -> None:
-        """Nothing to do: no teacher."""

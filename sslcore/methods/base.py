@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, cast
 
+import torch
 from PIL import Image
 from torch import Tensor, nn
 
@@ -28,6 +29,7 @@ from sslcore import distributed
 from sslcore.config import AugmentConfig
 from sslcore.registry import Registry
 from sslcore.schedules import StepPlan, momentum_schedule
+from sslcore.transforms import MultiView, view_transform
 
 METHODS: Registry[Any] = Registry("method")
 
@@ -127,3 +129,32 @@ def global_pair(z0: Tensor, z1: Tensor, gather: bool) -> tuple[Tensor, Tensor]:
     if gather and distributed.is_distributed():
         return distributed.gather_with_grad(z0), distributed.gather_with_grad(z1)
     return z0, z1
+
+
+class TwoViewMethod(nn.Module):
+    """What a method with two views of the same recipe, one backbone + head pass over both and no schedules or
+    teacher provides (VICReg, Barlow Twins); subclasses set ``backbone`` and ``projection_head`` and write
+    ``forward``."""
+
+    num_views = 2
+    requires_vit: ClassVar[bool] = False
+    backbone: nn.Module
+    projection_head: nn.Module
+
+    def joint_pass(self, name: str, views: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Embeddings of ``[x0, x1]``: one pass over both views keeps BatchNorm statistics joint."""
+        check_views(name, views, self.num_views)
+        z0, z1 = self.projection_head(self.backbone(torch.cat(views, dim=0))).chunk(2, dim=0)
+        return z0, z1
+
+    def view_transform(self, augment: AugmentConfig, image_size: int) -> Callable[[Image.Image], list[Tensor]]:
+        return MultiView(view_transform(augment, image_size), self.num_views)
+
+    def step_values(self, step: int, plan: StepPlan) -> StepValues:
+        return plain_values(step, plan)
+
+    def before_optimizer_step(self, values: StepValues) -> None:
+        """Nothing to do: no frozen layers, no clipping."""
+
+    def after_optimizer_step(self, values: StepValues) -> None:
+        """Nothing to do: no teacher."""

@@ -8,35 +8,24 @@ deviation of at least 1 over the batch (variance) and the dimensions stay decorr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import ClassVar
-
-import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from sslcore.backbones import feature_dim
-from sslcore.config import AugmentConfig
 from sslcore.health import embedding_std
 from sslcore.losses import vicreg_loss
 from sslcore.method_config import VICRegConfig
-from sslcore.methods.base import METHODS, StepValues, check_views, global_pair, plain_values
+from sslcore.methods.base import METHODS, StepValues, TwoViewMethod, global_pair
 from sslcore.nn.heads import VICRegProjectionHead
-from sslcore.schedules import StepPlan
-from sslcore.transforms import MultiView, view_transform
 
 
 @METHODS.register("vicreg")
-class VICReg(nn.Module):
+class VICReg(TwoViewMethod):
     """Backbone + expander trained with the VICReg loss.
 
     Attributes:
         backbone: maps (B, C, H, W) to features (B, F); the part that is kept after pretraining.
         projection_head: the expander, features -> embeddings (B, projection_dim).
     """
-
-    num_views = 2
-    requires_vit: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, cfg: VICRegConfig) -> None:
         super().__init__()
@@ -48,9 +37,7 @@ class VICReg(nn.Module):
 
     def forward(self, views: list[Tensor], values: StepValues | None = None) -> dict[str, Tensor]:
         """Loss of two views ``[x0, x1]``, each (B, C, H, W); VICReg has no scheduled values."""
-        check_views("VICReg", views, self.num_views)
-        x = torch.cat(views, dim=0)  # one backbone pass over both views keeps BN statistics joint
-        z0, z1 = self.projection_head(self.backbone(x)).chunk(2, dim=0)
+        z0, z1 = self.joint_pass("VICReg", views)
         local = z0
         z0, z1 = global_pair(z0, z1, self.cfg.gather_distributed)
         cfg = self.cfg
@@ -64,15 +51,3 @@ class VICReg(nn.Module):
             "variance": terms.variance.detach(),
             "covariance": terms.covariance.detach(),
         }
-
-    def view_transform(self, augment: AugmentConfig, image_size: int) -> Callable[[Image.Image], list[Tensor]]:
-        return MultiView(view_transform(augment, image_size), self.num_views)
-
-    def step_values(self, step: int, plan: StepPlan) -> StepValues:
-        return plain_values(step, plan)
-
-    def before_optimizer_step(self, values: StepValues) -> None:
-        """Nothing to do: no frozen layers, no clipping."""
-
-    def after_optimizer_step(self, values: StepValues) -> None:
-        """Nothing to do: no teacher."""
