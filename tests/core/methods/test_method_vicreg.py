@@ -1,15 +1,14 @@
 """sslcore.methods.vicreg: backbone + expander wiring, one joint pass, the VICReg loss on row-aligned
 pairs, its terms as detached scalars.
 
-Every registered method x backbone takes a training step in ``methods/test_every_method.py``.
+Every registered method x backbone takes a training step in ``methods/test_every_method.py``; the two-view
+plumbing VICReg and Barlow Twins share (views, backward, view count) is tested in ``test_method_two_view.py``.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from sslcore.backbones import feature_dim
@@ -76,28 +75,3 @@ def test_loss_is_vicreg_of_one_joint_pass(training: bool) -> None:
         out = model(views)
     torch.testing.assert_close(out["loss"], expected.loss)
     torch.testing.assert_close(out["variance"], expected.variance)
-
-
-def test_backward_reaches_backbone_and_expander() -> None:
-    torch.manual_seed(0)
-    model = build_method(_cfg())
-    model(_views(2, 4, 16))["loss"].backward()
-    for part in (model.backbone, model.projection_head):
-        grads = [p.grad for p in part.parameters() if p.requires_grad]
-        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
-        assert any(g.abs().sum() > 0 for g in grads if g is not None)
-
-
-@pytest.mark.parametrize("n_views", [1, 3])
-def test_wrong_number_of_views(n_views: int) -> None:
-    model = build_method(_cfg())
-    with pytest.raises(ValueError, match=f"VICReg takes 2 views, got {n_views}"):
-        model(_views(n_views, 4, 16))
-
-
-def test_view_transform_makes_two_views() -> None:
-    cfg = _cfg()
-    model = build_method(cfg)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8))
-    views = model.view_transform(cfg.augment, 16)(image)
-    assert len(views) == 2 and all(v.shape == (3, 16, 16) for v in views)
