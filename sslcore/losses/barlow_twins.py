@@ -29,7 +29,7 @@ class BarlowTwinsLoss(NamedTuple):
     off_diag: Tensor
 
 
-def _off_diagonal(m: Tensor) -> Tensor:
+def off_diagonal(m: Tensor) -> Tensor:
     """The D*(D-1) off-diagonal entries of a square (D, D) matrix, flattened."""
     d = m.shape[0]
     return m.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
@@ -65,6 +65,6 @@ def barlow_twins_loss(z0: Tensor, z1: Tensor, *, lambda_offdiag: float = 5e-3, e
         z0n, z1n = _standardise(at_least_fp32(z0), eps), _standardise(at_least_fp32(z1), eps)
         c = z0n.T @ z1n / z0.shape[0]  # (D, D) cross-correlation
         on_diag = (1 - torch.diagonal(c)).pow(2).sum()
-        off_diag = _off_diagonal(c).pow(2).sum()
+        off_diag = off_diagonal(c).pow(2).sum()
         loss = on_diag + lambda_offdiag * off_diag
     return BarlowTwinsLoss(loss, on_diag, off_diag)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sslcore.losses.barlow_twins import off_diagonal
 from sslcore.losses.precision import at_least_fp32
 
 GAMMA = 1.0  # target standard deviation of every embedding dimension (paper, sec. 3.1)
@@ -38,12 +39,6 @@ class VICRegLoss(NamedTuple):
     covariance: Tensor
 
 
-def _off_diagonal(m: Tensor) -> Tensor:
-    """The D*(D-1) off-diagonal entries of a square (D, D) matrix, flattened."""
-    d = m.shape[0]
-    return m.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
-
-
 def _variance_term(z: Tensor, eps: float) -> Tensor:
     std = torch.sqrt(z.var(dim=0) + eps)  # (D,), unbiased over the batch
     return F.relu(GAMMA - std).mean()
@@ -53,7 +48,7 @@ def _covariance_term(z: Tensor) -> Tensor:
     n, d = z.shape
     centred = z - z.mean(dim=0)
     cov = centred.T @ centred / (n - 1)  # (D, D)
-    return _off_diagonal(cov).pow(2).sum() / d
+    return off_diagonal(cov).pow(2).sum() / d
 
 
 def vicreg_loss(
