@@ -24,15 +24,20 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from sslcore.config import PipelineConfig, load_config
-from sslcore.data.ingest import ingest
+from sslcore.data.ingest import IngestResult, ingest
 from sslcore.evaluation.protocols import evaluate_encoders
 from sslcore.methods import METHODS, check_method_backbone
 from sslcore.resources import available_cpus
 from sslcore.train import backbone_state_dict
+
+if TYPE_CHECKING:
+    from tasks.ray_train import TrainOutcome
+    from tasks.records import IngestRecord
 
 # Chosen for a 2-core CPU: timm's resnet10t with its stock stem at 32 px runs SimCLR at about 420
 # images/s on the default layout (two Ray Train workers of one core, views made batched in the
@@ -108,6 +113,38 @@ def build_config(args: argparse.Namespace, work: Path) -> PipelineConfig:
     return cfg
 
 
+def ingest_record(cfg: PipelineConfig) -> tuple[IngestResult, IngestRecord]:
+    """Ingest (reused when the shards exist) and the record the pretrain stage names its run after."""
+    from tasks.records import IngestRecord
+
+    start = time.perf_counter()
+    shards = ingest(cfg.ingest, cfg.shard_dir, storage=cfg.storage)
+    m = shards.manifest
+    record = IngestRecord(
+        shard_folder=shards.folder,
+        manifest_path=f"{shards.folder}/manifest.json",
+        fingerprint=m.fingerprint,
+        samples={k: v.samples for k, v in m.splits.items()},
+        num_classes=m.num_classes,
+        rejected=sum(m.rejects.values()),
+        reused=shards.reused,
+        duration_s=time.perf_counter() - start,
+    )
+    return shards, record
+
+
+def pretrain(cfg: PipelineConfig, folder: str, record: IngestRecord, work: Path) -> tuple[TrainOutcome, float]:
+    """The pretrain stage's Ray Train run on a local Ray; returns it and its wall-clock seconds, Ray's and the
+    workers' start-up included."""
+    from tasks import ray_train  # Ray only when needed
+    from tasks.pretrain import run_name_for
+
+    ray_train.connect(None)
+    start = time.perf_counter()
+    outcome = ray_train.fit(cfg, folder, str(work / "ray_results"), run_name_for(cfg, record))
+    return outcome, time.perf_counter() - start
+
+
 def main() -> None:
     args = parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -117,30 +154,10 @@ def main() -> None:
     print(f"work folder: {work}")
     print(f"recipe: {' '.join(recipe(args.method))}" + (f" {' '.join(args.overrides)}" if args.overrides else ""))
 
-    start = time.perf_counter()
-    shards = ingest(cfg.ingest, cfg.shard_dir, storage=cfg.storage)
-    ingest_s = time.perf_counter() - start
+    shards, record = ingest_record(cfg)
     m = shards.manifest
-    print(f"ingest: {dict((k, v.samples) for k, v in m.splits.items())} in {ingest_s:.0f} s")
-
-    from tasks import ray_train  # Ray only when needed
-    from tasks.pretrain import run_name_for
-    from tasks.records import IngestRecord
-
-    record = IngestRecord(
-        shard_folder=shards.folder,
-        manifest_path=f"{shards.folder}/manifest.json",
-        fingerprint=m.fingerprint,
-        samples={k: v.samples for k, v in m.splits.items()},
-        num_classes=m.num_classes,
-        rejected=sum(m.rejects.values()),
-        reused=shards.reused,
-        duration_s=ingest_s,
-    )
-    ray_train.connect(None)
-    start = time.perf_counter()
-    outcome = ray_train.fit(cfg, shards.folder, str(work / "ray_results"), run_name_for(cfg, record))
-    pretrain_s = time.perf_counter() - start
+    print(f"ingest: {dict((k, v.samples) for k, v in m.splits.items())} in {record.duration_s:.0f} s")
+    outcome, pretrain_s = pretrain(cfg, shards.folder, record, work)
     history = outcome.history
     print(
         f"pretrain: {history[-1]['epoch']:.2f} epochs, {outcome.steps} steps in {pretrain_s / 60:.1f} min "

@@ -92,3 +92,23 @@ def view_grid(rows: list[list[np.ndarray]], path: Path, title: str = "augmented 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def time_to_accuracy(
+    minutes: list[float], accuracy: list[float], baseline: float | None, path: Path, title: str, ylabel: str
+) -> Path:
+    """Accuracy against wall-clock minutes of training, one point per budget, with a baseline (e.g. raw
+    pixels) as a dashed line."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    ax.plot(minutes, accuracy, marker="o", label="pretrained encoder")
+    for x, y in zip(minutes, accuracy, strict=True):
+        ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    if baseline is not None:
+        ax.axhline(baseline, color="tab:gray", linestyle="--", label=f"raw pixels {baseline:.3f}")
+    ax.set(xlabel="wall-clock minutes of pretraining (start-up included)", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
