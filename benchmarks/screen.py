@@ -10,6 +10,7 @@ there is no Ray, no shards and no checkpoint. Use it to compare recipes side by 
 
     python benchmarks/screen.py --minutes 4 --eval-at 1 2 4 --set method.temperature=0.1
     python benchmarks/screen.py --minutes 4 --cpu-bf16          # bf16 autocast on CPU (oneDNN)
+    python benchmarks/screen.py --minutes 4 --progressive 16 0.5  # 16 px views for the first 2 minutes
 
 Prints one line per evaluation (minutes of training, steps, images/s, loss, val kNN k=20) and a JSON line
 at the end (``--out`` appends it to a file). Evaluation time is not counted in the training minutes.
@@ -34,6 +35,7 @@ from sslcore.data.sources import _fashion_split
 from sslcore.data.stream import load_split_arrays
 from sslcore.device_augment import device_views
 from sslcore.evaluation.knn import knn_accuracy
+from sslcore.evaluation.linear import linear_probe
 from sslcore.methods import as_method, build_method
 from sslcore.train import build_optimizer, lr_at, plan_steps, train_step
 from sslcore.transforms import preprocess
@@ -110,6 +112,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU for forward and backward.")
     parser.add_argument("--pixels", action="store_true", help="Also print the raw-pixel kNN on the same split.")
+    parser.add_argument("--linear", action="store_true", help="Also score a linear probe (the stage's C sweep).")
+    parser.add_argument(
+        "--progressive",
+        nargs=2,
+        type=float,
+        metavar=("SIZE", "FRACTION"),
+        default=None,
+        help="Progressive resolution: views of SIZE px for the first FRACTION of the budget (of the steps with "
+        "--epochs), then model.image_size.",
+    )
     parser.add_argument("--name", default=None)
     parser.add_argument("--out", default=None, help="Append the JSON result to this file.")
     args = parser.parse_args()
@@ -129,6 +141,9 @@ def main() -> None:
     model = build_method(cfg).to(memory_format=torch.channels_last)
     method = as_method(model)
     views = device_views(method.view_transform(cfg.augment, size))
+    small = (
+        None if args.progressive is None else device_views(method.view_transform(cfg.augment, int(args.progressive[0])))
+    )
     train = to_uint8(xtr, views.max_size)
     optimizer = build_optimizer(model, cfg.train)
     batch = cfg.train.batch_size
@@ -138,9 +153,15 @@ def main() -> None:
     def knn(bank: torch.Tensor, queries: torch.Tensor) -> float:
         return knn_accuracy(queries, query_y, bank, bank_y, num_classes=10, k=20, temperature=0.07)["top1"]
 
+    def linear(bank: torch.Tensor, queries: torch.Tensor) -> float:
+        ev = cfg.eval
+        kw = {"cs": ev.linear_c, "max_iter": ev.linear_max_iter, "val_fraction": ev.val_fraction, "seed": ev.seed}
+        return linear_probe(bank, bank_y, queries, query_y, 10, **kw).top1
+
     if args.pixels:
         flat = lambda x: torch.as_tensor(x.reshape(len(x), -1), dtype=torch.float32)  # noqa: E731
-        print(f"raw pixels: val kNN k=20 {knn(flat(xtr), flat(xva)):.4f}")
+        line = f"raw pixels: val kNN k=20 {knn(flat(xtr), flat(xva)):.4f}"
+        print(line + (f", linear {linear(flat(xtr) / 255, flat(xva) / 255):.4f}" if args.linear else ""))
     budget = args.minutes * 60
     marks = sorted(args.eval_at or [args.minutes])
     fixed = args.epochs is not None
@@ -149,21 +170,27 @@ def main() -> None:
     plan = plan_steps(cfg, len(train), total_steps=total)
     g = torch.Generator().manual_seed(args.seed)
     step, trained_s, images_seen, losses, results = 0, 0.0, 0, [], []
+    since = (0, 0.0)  # (step, trained_s) at the last re-plan: the pace of the current phase
     perm = torch.randperm(len(train), generator=g)
-    print(f"setup {time.perf_counter() - t0:.0f} s; {sum(p.numel() for p in method.backbone.parameters()) / 1e6:.2f} M")
+    params = sum(p.numel() for p in method.backbone.parameters()) / 1e6
+    print(f"setup {time.perf_counter() - t0:.0f} s; {len(xtr)} train, {len(xva)} val images; backbone {params:.2f} M")
     while True:
         if not fixed and (step in (10, 20) or (step % 50 == 0 and step > 0)):
-            total = step + max(1, math.floor((budget - trained_s) / (trained_s / step)))
+            pace = (trained_s - since[1]) / (step - since[0]) if step > since[0] else trained_s / step
+            total = step + max(1, math.floor((budget - trained_s) / pace))
             plan = plan_steps(cfg, len(train), total_steps=total)
+            since = (step, trained_s)
         tic = time.perf_counter()
         pos = (step % steps_per_epoch) * batch
         if pos == 0 and step > 0:
             perm = torch.randperm(len(train), generator=g)
         x = train[perm[pos : pos + batch]]
+        done_share = step / plan.total_steps if fixed else trained_s / budget  # of the steps, or of the budget
+        phase = small if small is not None and done_share < args.progressive[1] else views
         with cpu_autocast(args.cpu_bf16):
             out = train_step(
                 model,
-                views(x, generator=g),
+                phase(x, generator=g),
                 optimizer,
                 lr=lr_at(plan, step),
                 device=torch.device("cpu"),
@@ -177,17 +204,18 @@ def main() -> None:
         done = step >= plan.total_steps if fixed else (len(marks) == 1 and step >= plan.total_steps)
         if done or (not fixed and trained_s >= marks[0] * 60):
             tic = time.perf_counter()
-            acc = knn(
-                features(method.backbone, xtr, size, mean, std, args.cpu_bf16),
-                features(method.backbone, xva, size, mean, std, args.cpu_bf16),
-            )
+            bank = features(method.backbone, xtr, size, mean, std, args.cpu_bf16)
+            queries = features(method.backbone, xva, size, mean, std, args.cpu_bf16)
+            scores = {"val_knn20": round(knn(bank, queries), 4)}
+            if args.linear:
+                scores["val_linear"] = round(linear(bank, queries), 4)
             row = {
                 "minutes": round(trained_s / 60, 2),
                 "steps": step,
                 "epochs": round(step / steps_per_epoch, 2),
                 "img_s": round(images_seen / trained_s, 1),
                 "loss": round(float(np.mean(losses[-50:])), 4),
-                "val_knn20": round(acc, 4),
+                **scores,
                 "eval_s": round(time.perf_counter() - tic, 1),
             }
             results.append(row)
@@ -199,6 +227,7 @@ def main() -> None:
         "name": args.name,
         "overrides": args.overrides,
         "cpu_bf16": args.cpu_bf16,
+        "progressive": args.progressive,
         "minutes": args.minutes,
         "results": results,
     }
