@@ -46,7 +46,9 @@ def test_the_curve_trains_one_run_per_budget_and_logs_table_plot_and_mlflow_run(
         write_idx(data / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
         write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     work = tmp_path / "work"
-    overrides = ["train.batch_size=64", "train.knn_monitor_samples=0", "model.image_size=16"]
+    tracking = f"sqlite:///{work / 'mlflow.db'}"  # explicit: the suite's $MLFLOW_TRACKING_URI may point elsewhere
+    overrides = ["train.batch_size=64", "train.knn_monitor_samples=0", "model.image_size=16", "ray.num_workers=1"]
+    overrides.append(f"mlflow.tracking_uri={tracking}")
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), "--budgets", "0.06", "0.03"]
         + ["--path", str(data), "--work", str(work)]
@@ -72,7 +74,7 @@ def test_the_curve_trains_one_run_per_budget_and_logs_table_plot_and_mlflow_run(
     png = work / "time_to_accuracy.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    client = MlflowClient(tracking)
     (run,) = client.search_runs(
         [client.get_experiment_by_name("sslpipe").experiment_id], "attributes.run_name = 'time-to-accuracy'"
     )
