@@ -33,7 +33,7 @@ def test_sections_are_frozen() -> None:
     with pytest.raises(ValidationError, match="frozen"):
         cfg.train = cfg.train  # type: ignore[misc]
     assert cfg.train.model_copy(update={"epochs": 3}).epochs == 3  # copies are the way to change
-    assert cfg.train.epochs == 10
+    assert cfg.train.epochs == 40
 
 
 @pytest.mark.parametrize(
