@@ -80,6 +80,12 @@ DEFAULTS = [  # besides the recipe
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget-min", type=float, default=20.0, help="Pretraining time budget in minutes.")
+    add_run_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The method, data, work folder and overrides (shared with ``time_to_accuracy.py``)."""
     parser.add_argument(
         "--method",
         default="simclr",
@@ -90,7 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="Use only the first N images of each split.")
     parser.add_argument("--work", default=None, help="Work folder (default: a temporary one, kept).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="Extra config KEY=VALUE.")
-    return parser.parse_args(argv)
 
 
 def build_config(args: argparse.Namespace, work: Path) -> PipelineConfig:

@@ -46,11 +46,7 @@ KNN_ONLY = [  # the curve needs kNN and its pixel baseline, not the probes
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", type=float, nargs="+", default=[5.0, 10.0, 20.0, 40.0], help="Minutes.")
-    parser.add_argument("--method", default="simclr", help="As in benchmarks/fashion_mnist.py.")
-    parser.add_argument("--path", default="/usr/share/datasets/fashion-mnist", help="Folder with the IDX files.")
-    parser.add_argument("--limit", type=int, default=None, help="Use only the first N images of each split.")
-    parser.add_argument("--work", default=None, help="Work folder (default: a temporary one, kept).")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="Extra config KEY=VALUE.")
+    fashion_mnist.add_run_arguments(parser)
     args = parser.parse_args(argv)
     if any(b <= 0 for b in args.budgets):
         parser.error("--budgets must be positive minutes")

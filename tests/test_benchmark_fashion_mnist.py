@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 
-from conftest import REPO, write_idx
+from conftest import REPO, random_fashion_idx
 from sslcore.config import ConfigError
 from sslcore.methods import METHODS
 
@@ -59,12 +58,7 @@ def test_an_unknown_method_is_refused_by_the_command_line() -> None:
 
 @pytest.mark.slow
 def test_benchmark_prints_every_protocol_next_to_its_baselines(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    data = tmp_path / "idx"
-    data.mkdir()
-    for prefix, n in (("train", 320), ("t10k", 80)):
-        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
-        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    data = random_fashion_idx(tmp_path / "idx", train=320, test=80)
     work = tmp_path / "work"
     overrides = [
         "train.batch_size=64",

@@ -11,11 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, write_idx
+from conftest import REPO, random_fashion_idx
 
 
 def test_a_budget_that_is_not_positive_is_refused_before_any_work(tmp_path: Path) -> None:
@@ -39,12 +38,7 @@ def test_a_budget_that_is_not_positive_is_refused_before_any_work(tmp_path: Path
 
 @pytest.mark.slow
 def test_the_curve_trains_one_run_per_budget_and_logs_table_plot_and_mlflow_run(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    data = tmp_path / "idx"
-    data.mkdir()
-    for prefix, n in (("train", 256), ("t10k", 64)):
-        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
-        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    data = random_fashion_idx(tmp_path / "idx", train=256, test=64)
     work = tmp_path / "work"
     tracking = f"sqlite:///{work / 'mlflow.db'}"  # explicit: the suite's $MLFLOW_TRACKING_URI may point elsewhere
     overrides = ["train.batch_size=64", "train.knn_monitor_samples=0", "model.image_size=16", "ray.num_workers=1"]
