@@ -45,5 +45,5 @@ def test_screening_on_digits_with_progressive_resolution_reports_one_scored_row(
     (row,) = result["results"]
     ((train, val),) = re.findall(r"; (\d+) train, (\d+) val images", out.stdout)
     assert int(val) == 300 and int(train) > 1000  # the val images come out of digits' train split
-    assert row["epochs"] == 1.0 and row["steps"] == int(train) // 128
+    assert row["epochs"] == 2.0 and row["steps"] == 2 * (int(train) // 128)
     assert 0.0 <= row["val_knn20"] <= 1.0 and 0.0 <= row["val_linear"] <= 1.0
