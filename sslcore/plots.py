@@ -112,3 +112,24 @@ def time_to_accuracy(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def grouped_bars(bars: dict[str, list[float | None]], groups: list[str], path: Path, title: str) -> Path:
+    """One bar per entry (e.g. a method) in each group (e.g. a protocol); a missing value leaves a gap."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(groups) + 0.25 * len(bars) * len(groups)), 4.2))
+    width = 0.8 / max(len(bars), 1)
+    x = np.arange(len(groups))
+    for i, (name, values) in enumerate(bars.items()):
+        heights = [np.nan if v is None else v for v in values]
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, heights, width, label=name)
+    ax.set_xticks(x, groups)
+    finite = [v for values in bars.values() for v in values if v is not None]
+    if finite:
+        ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.03))
+    ax.set(ylabel="test top-1", title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, frameon=False, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
