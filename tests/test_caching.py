@@ -43,6 +43,7 @@ def _folder_source(root: Path, n: int) -> Path:
     return images
 
 
+@pytest.mark.slow  # starts a service (Prefect's test server or moto's S3)
 def test_unchanged_ingest_comes_from_the_cache_as_json(tmp_path: Path, prefect_server) -> None:
     cfg = load_config(None, [f"work_dir={tmp_path}"])
     first = ingest_flow(cfg, return_state=True)
@@ -74,6 +75,7 @@ def test_cache_key_follows_source_contents_ingest_config_and_code(tmp_path: Path
     assert caching.ingest_key(load_config(None, base)) != key
 
 
+@pytest.mark.slow  # starts a service (Prefect's test server or moto's S3)
 def test_force_ingest_verifies_the_shards_and_rewrites_a_damaged_one(tmp_path: Path, prefect_server) -> None:
     cfg = load_config(None, [f"work_dir={tmp_path}"])
     record = ingest_flow(cfg)
@@ -93,6 +95,7 @@ def test_force_ingest_verifies_the_shards_and_rewrites_a_damaged_one(tmp_path: P
     assert _task_states(again) == [("ingest", "Cached")] and again.result() == forced.result()
 
 
+@pytest.mark.slow  # starts a service (Prefect's test server or moto's S3)
 def test_cached_result_whose_shards_are_gone_runs_the_stage_again(tmp_path: Path, prefect_server) -> None:
     cfg = load_config(None, [f"work_dir={tmp_path}"])
     record = ingest_flow(cfg)
@@ -102,6 +105,7 @@ def test_cached_result_whose_shards_are_gone_runs_the_stage_again(tmp_path: Path
     assert Path(state.result().manifest_path).is_file()
 
 
+@pytest.mark.slow  # starts a service (Prefect's test server or moto's S3)
 def test_results_on_s3(tmp_path: Path, s3_endpoint: str, s3_bucket: str, prefect_server) -> None:
     import boto3
 

@@ -67,6 +67,7 @@ def test_a_name_clash_fails_before_ingesting(tmp_path: Path) -> None:
     assert not (tmp_path / "shards-eval").exists()
 
 
+@pytest.mark.slow  # moto's S3 server
 def test_eval_sources_ingest_to_s3_beside_s3_shards(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
     labelled = jpeg_folder(tmp_path / "labelled", 12, classes=2)
     cfg = load_config(None, [

@@ -25,6 +25,7 @@ def _folder(path: str, *extra: str):
     return load_config(None, ["ingest.source.kind=folder", f"ingest.source.path={path}", "ingest.workers=1", *extra])
 
 
+@pytest.mark.slow  # starts a service (Prefect's test server or moto's S3)
 def test_s3_prefix_to_s3_output_matches_local(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
     src = jpeg_folder(tmp_path / "src", 40, classes=2)
     storage = StorageConfig(endpoint_url=s3_endpoint)
@@ -44,6 +45,7 @@ def test_s3_prefix_to_s3_output_matches_local(tmp_path: Path, s3_endpoint: str, 
     assert ingest(cfg, f"s3://{s3_bucket}/shards", storage=storage).reused
 
 
+@pytest.mark.slow  # starts a service (Prefect's test server or moto's S3)
 def test_s3_credentials_never_reach_outputs(tmp_path: Path, s3_endpoint: str, s3_bucket: str, monkeypatch) -> None:
     """Sentinel secrets given in config: used to talk to S3, absent from every output and message."""
     from conftest import run_sslpipe
