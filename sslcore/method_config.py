@@ -72,6 +72,7 @@ class MoCoV2Config(StrictModel):
     temperature: PositiveFloat = 0.2
     projection_hidden_dim: PositiveInt = Field(512, description="Reference: 2048.")
     projection_dim: PositiveInt = 128
+    head_batch_norm: bool = Field(False, description="BatchNorm in the MLP head (reference: none).")
     queue_size: PositiveInt = Field(
         1024, description="Keys in the FIFO queue; keep it below one epoch of keys (reference: 65536)."
     )

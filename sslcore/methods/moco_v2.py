@@ -50,7 +50,7 @@ class MoCoV2(nn.Module):
         self.cfg = cfg
         self.backbone = backbone
         self.projection_head = MoCoV2ProjectionHead(
-            feature_dim(backbone), cfg.projection_hidden_dim, cfg.projection_dim
+            feature_dim(backbone), cfg.projection_hidden_dim, cfg.projection_dim, batch_norm=cfg.head_batch_norm
         )
         self.key_backbone = momentum_copy(self.backbone)
         self.key_projection_head = momentum_copy(self.projection_head)

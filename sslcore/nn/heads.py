@@ -74,10 +74,12 @@ class BarlowTwinsProjectionHead(VICRegProjectionHead):
 
 
 class MoCoV2ProjectionHead(ProjectionHead):
-    """MoCo v2's MLP head, https://arxiv.org/abs/2003.04297 (sec. 2): Linear-ReLU-Linear, no BN."""
+    """MoCo v2's MLP head, https://arxiv.org/abs/2003.04297 (sec. 2): Linear-ReLU-Linear, no BN; with
+    ``batch_norm``, Linear-BN-ReLU-Linear (SimCLR's head, which MoCo v3 found ViTs to need)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
-        super().__init__([(input_dim, hidden_dim, None, nn.ReLU(inplace=True)), (hidden_dim, output_dim, None, None)])
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, *, batch_norm: bool = False) -> None:
+        norm = nn.BatchNorm1d(hidden_dim) if batch_norm else None
+        super().__init__([(input_dim, hidden_dim, norm, nn.ReLU(inplace=True)), (hidden_dim, output_dim, None, None)])
 
 
 class BYOLProjectionHead(ProjectionHead):

@@ -8,6 +8,7 @@ from torch import nn
 
 from sslcore.nn.heads import (
     BarlowTwinsProjectionHead,
+    MoCoV2ProjectionHead,
     ProjectionHead,
     SimCLRProjectionHead,
     VICRegProjectionHead,
@@ -29,6 +30,13 @@ def test_simclr_head_is_linear_bn_relu_linear() -> None:
     head = SimCLRProjectionHead(32, 64, 16)
     assert [type(m) for m in head.layers] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
     assert head(torch.randn(5, 32)).shape == (5, 16)
+
+
+def test_moco_v2_head_has_no_norm_unless_asked() -> None:
+    assert [type(m) for m in MoCoV2ProjectionHead(32, 64, 16).layers] == [nn.Linear, nn.ReLU, nn.Linear]
+    head = MoCoV2ProjectionHead(32, 64, 16, batch_norm=True)
+    assert [type(m) for m in head.layers] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert head.layers[0].bias is None and head(torch.randn(5, 32)).shape == (5, 16)
 
 
 @pytest.mark.parametrize("head_class", [VICRegProjectionHead, BarlowTwinsProjectionHead])
