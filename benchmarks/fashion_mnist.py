@@ -23,6 +23,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,19 +151,55 @@ def pretrain(cfg: PipelineConfig, folder: str, record: IngestRecord, work: Path)
     return outcome, time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One pretrain stage run and its evaluation on the test split."""
+
+    outcome: TrainOutcome
+    pretrain_s: float  # wall-clock, Ray's and the workers' start-up included
+    metrics: dict[str, float]  # evaluate_encoders' metrics, ``fashion_mnist/<encoder>/<protocol>``
+    eval_s: float
+
+    def summary(self) -> dict[str, float | int]:
+        """The training side of a result row (shared by the curve and the zoo)."""
+        last = self.outcome.history[-1]
+        return {
+            "wall_min": round(self.pretrain_s / 60, 2),
+            "steps": self.outcome.steps,
+            "epochs": round(last["epoch"], 2),
+            "images_per_s": round(last["images_per_s"], 1),
+            "loss": round(last["loss"], 4),
+            "eval_s": round(self.eval_s, 1),
+        }
+
+
+def train_and_score(cfg: PipelineConfig, shards: IngestResult, record: IngestRecord, work: Path) -> Scored:
+    """Pretrain (:func:`pretrain`), then evaluate the checkpoint with every protocol ``cfg.eval`` names."""
+    outcome, pretrain_s = pretrain(cfg, shards.folder, record, work)
+    start = time.perf_counter()
+    state = backbone_state_dict(outcome.checkpoint_path, cfg.storage)
+    report = evaluate_encoders(cfg, [("fashion_mnist", shards.manifest, shards.folder)], state, device="cpu")
+    return Scored(outcome, pretrain_s, report.metrics, time.perf_counter() - start)
+
+
+def machine_line() -> str:
+    return f"machine: {platform.processor() or platform.machine()}, {available_cpus()} CPUs, torch {torch.__version__}"
+
+
 def main() -> None:
     args = parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = Path(args.work or tempfile.mkdtemp(prefix="sslpipe-fmnist-")).resolve()
     cfg = build_config(args, work)
-    print(f"machine: {platform.processor() or platform.machine()}, {available_cpus()} CPUs, torch {torch.__version__}")
+    print(machine_line())
     print(f"work folder: {work}")
     print(f"recipe: {' '.join(recipe(args.method))}" + (f" {' '.join(args.overrides)}" if args.overrides else ""))
 
     shards, record = ingest_record(cfg)
     m = shards.manifest
     print(f"ingest: {dict((k, v.samples) for k, v in m.splits.items())} in {record.duration_s:.0f} s")
-    outcome, pretrain_s = pretrain(cfg, shards.folder, record, work)
+    scored = train_and_score(cfg, shards, record, work)
+    outcome, pretrain_s, metrics, eval_s = scored.outcome, scored.pretrain_s, scored.metrics, scored.eval_s
     history = outcome.history
     print(
         f"pretrain: {history[-1]['epoch']:.2f} epochs, {outcome.steps} steps in {pretrain_s / 60:.1f} min "
@@ -171,12 +208,6 @@ def main() -> None:
     for h in history:
         knn = f"  monitor kNN {h['knn_top1']:.3f}" if "knn_top1" in h else ""
         print(f"  epoch {h['epoch']:6.2f}  loss {h['loss']:.3f}{knn}  {h['images_per_s']:.0f} img/s")
-
-    start = time.perf_counter()
-    state = backbone_state_dict(outcome.checkpoint_path, cfg.storage)
-    report = evaluate_encoders(cfg, [("fashion_mnist", m, shards.folder)], state, device="cpu")
-    eval_s = time.perf_counter() - start
-    metrics = report.metrics
 
     rows = [("knn_k20_top1", "kNN k=20"), ("knn_k200_top1", "kNN k=200"), ("linear_top1", "linear probe")]
     rows += [(f"fewshot_{n}shot_mean", f"{n}-shot probe") for n in cfg.eval.fewshot_shots]

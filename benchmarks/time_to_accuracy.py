@@ -18,22 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fashion_mnist
 
 from sslcore.config import PipelineConfig
-from sslcore.evaluation.protocols import evaluate_encoders
 from sslcore.plots import time_to_accuracy
 from sslcore.resources import available_cpus
-from sslcore.train import backbone_state_dict
 
 KNN_ONLY = [  # the curve needs kNN and its pixel baseline, not the probes
     "eval.linear_probe=false",
@@ -91,30 +86,22 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = Path(args.work or tempfile.mkdtemp(prefix="sslpipe-curve-")).resolve()
     configs = [budget_config(args, work, b) for b in args.budgets]  # every typo fails here, before any work
-    print(f"machine: {platform.processor() or platform.machine()}, {available_cpus()} CPUs, torch {torch.__version__}")
+    print(fashion_mnist.machine_line())
     print(f"work folder: {work}\nbudgets (min): {args.budgets}")
     shards, record = fashion_mnist.ingest_record(configs[0])
     print(f"ingest: {record.samples} in {record.duration_s:.0f} s")
 
     rows: list[dict] = []
     for minutes, cfg in zip(args.budgets, configs, strict=True):
-        outcome, pretrain_s = fashion_mnist.pretrain(cfg, shards.folder, record, work)
-        start = time.perf_counter()
-        state = backbone_state_dict(outcome.checkpoint_path, cfg.storage)
-        metrics = evaluate_encoders(cfg, [("fashion_mnist", shards.manifest, shards.folder)], state, "cpu").metrics
-        last = outcome.history[-1]
+        scored = fashion_mnist.train_and_score(cfg, shards, record, work)
+        metrics = scored.metrics
         row = {
             "budget_min": minutes,
-            "wall_min": round(pretrain_s / 60, 2),
-            "steps": outcome.steps,
-            "epochs": round(last["epoch"], 2),
-            "images_per_s": round(last["images_per_s"], 1),
-            "loss": round(last["loss"], 4),
+            **scored.summary(),
             "knn_k20_top1": metrics["fashion_mnist/ssl/knn_k20_top1"],
             "knn_k200_top1": metrics["fashion_mnist/ssl/knn_k200_top1"],
             "pixels_knn_k20_top1": metrics.get("fashion_mnist/pixels/knn_k20_top1"),
             "vs_pixels_p": metrics.get("fashion_mnist/ssl/knn_k20_vs_pixels_p"),
-            "eval_s": round(time.perf_counter() - start, 1),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -11,7 +11,10 @@ and RankMe, next to each family's random-init backbone and raw pixels (each eval
     python benchmarks/zoo.py --budget-min 1 --limit 5000 --families resnet   # a smoke run
 
 Per-method settings come from ``fashion_mnist.METHOD_SETTINGS`` (the method's config defaults otherwise).
-Prints a table, writes ``zoo.json`` and ``zoo.png`` (bars per protocol) in the work folder.
+Prints a table, writes ``zoo.json`` and ``zoo.png`` (bars per protocol) in the work folder. Each finished
+run is appended to ``zoo-runs.jsonl`` there as it ends: running the same command on the same ``--work``
+again (after a crash, or to add methods) reuses the finished runs and resumes an interrupted one from its
+newest checkpoint (the stage's Ray Train run is named after its data and config).
 """
 
 from __future__ import annotations
@@ -19,23 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fashion_mnist
 
 from sslcore.config import PipelineConfig
-from sslcore.evaluation.protocols import evaluate_encoders
 from sslcore.methods import METHODS
 from sslcore.plots import grouped_bars
 from sslcore.resources import available_cpus
-from sslcore.train import backbone_state_dict
 
 # The backbone of each family, as overrides on top of fashion_mnist.MODEL_AND_VIEWS (views stay the same).
 FAMILIES: dict[str, list[str]] = {
@@ -111,37 +108,48 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = Path(args.work or tempfile.mkdtemp(prefix="sslpipe-zoo-")).resolve()
     runs = plan(args, work)
-    print(f"machine: {platform.processor() or platform.machine()}, {available_cpus()} CPUs, torch {torch.__version__}")
+    print(fashion_mnist.machine_line())
     print(f"work folder: {work}\nbudget: {args.budget_min} min per run; runs: {len(runs)}")
     shards, record = fashion_mnist.ingest_record(runs[0][2])
     print(f"ingest: {record.samples} in {record.duration_s:.0f} s")
 
+    from tasks.pretrain import run_name_for
+
+    log = work / "zoo-runs.jsonl"
+    done = {}
+    if log.exists():
+        done = {(r := json.loads(line))["run_key"]: r for line in log.read_text().splitlines() if line.strip()}
     rows: list[dict] = []
     baselines: dict[str, dict] = {}
     for method, family, cfg in runs:
+        key = f"{run_name_for(cfg, record)}/{cfg.train.time_budget_s}/{','.join(cfg.eval.baselines)}"
+        if key in done:
+            row = done[key]
+            print(f"\n== {method} on {family}: finished earlier, reused from {log.name} ==", flush=True)
+            rows.append(row)
+            baselines |= row["baselines"]
+            continue
         print(f"\n== {method} on {family} ({cfg.model.backbone}) ==", flush=True)
-        outcome, pretrain_s = fashion_mnist.pretrain(cfg, shards.folder, record, work)
-        start = time.perf_counter()
-        state = backbone_state_dict(outcome.checkpoint_path, cfg.storage)
-        metrics = evaluate_encoders(cfg, [("fashion_mnist", shards.manifest, shards.folder)], state, "cpu").metrics
-        last = outcome.history[-1]
+        scored = fashion_mnist.train_and_score(cfg, shards, record, work)
+        metrics = scored.metrics
         row = {
             "method": method,
             "family": family,
             "backbone": cfg.model.backbone,
-            "wall_min": round(pretrain_s / 60, 2),
-            "steps": outcome.steps,
-            "epochs": round(last["epoch"], 2),
-            "images_per_s": round(last["images_per_s"], 1),
-            "loss": round(last["loss"], 4),
-            "eval_s": round(time.perf_counter() - start, 1),
+            **scored.summary(),
             **{key: metrics.get(f"fashion_mnist/ssl/{key}") for key, _ in PROTOCOLS},
             "knn_k20_vs_pixels_p": metrics.get("fashion_mnist/ssl/knn_k20_vs_pixels_p"),
+            "baselines": {  # those this run evaluated
+                name: {k: metrics.get(f"fashion_mnist/{enc}/{k}") for k, _ in PROTOCOLS}
+                for enc, name in (("random_init", f"random init ({family})"), ("pixels", "raw pixels"))
+                if f"fashion_mnist/{enc}/knn_k20_top1" in metrics
+            },
+            "run_key": key,
         }
         rows.append(row)
-        for enc, name in (("random_init", f"random init ({family})"), ("pixels", "raw pixels")):
-            if f"fashion_mnist/{enc}/knn_k20_top1" in metrics:
-                baselines[name] = {key: metrics.get(f"fashion_mnist/{enc}/{key}") for key, _ in PROTOCOLS}
+        baselines |= row["baselines"]
+        with log.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
 
     print(f"\nFashion-MNIST test accuracy, {args.budget_min:g} min of pretraining per run")

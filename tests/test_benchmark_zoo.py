@@ -61,7 +61,7 @@ def test_the_plan_evaluates_each_familys_random_init_once_and_raw_pixels_once(tm
 
 
 @pytest.mark.slow
-def test_the_zoo_trains_a_vit_method_and_writes_table_json_and_plot(tmp_path: Path) -> None:
+def test_the_zoo_trains_a_vit_method_writes_table_json_and_plot_and_reuses_it_when_rerun(tmp_path: Path) -> None:
     """One run (the ViT family, the one the pipeline tests train least); the ResNet path is the one
     ``test_benchmark_fashion_mnist.py`` trains."""
     data = random_fashion_idx(tmp_path / "idx", train=256, test=64)
@@ -96,3 +96,10 @@ def test_the_zoo_trains_a_vit_method_and_writes_table_json_and_plot(tmp_path: Pa
     assert set(result["baselines"]) == {"random init (vit)", "raw pixels"}
     assert result["baselines"]["raw pixels"]["knn_k20_top1"] is not None
     assert (work / "zoo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the same command again (as after a crash): the finished run is reused, not trained or evaluated again
+    again = subprocess.run([sys.executable, ZOO, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "mae on vit: finished earlier, reused from zoo-runs.jsonl" in again.stdout
+    assert "Started a local Ray instance" not in again.stdout + again.stderr
+    assert json.loads((work / "zoo.json").read_text())["rows"] == result["rows"]
