@@ -28,6 +28,7 @@ def _benchmark() -> ModuleType:
     spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark", REPO / "benchmarks" / "fashion_mnist.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
