@@ -93,6 +93,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         choices=METHODS.names(),
         help="Self-supervised method, with its settings from METHOD_SETTINGS (default: simclr).",
     )
+    add_data_arguments(parser)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, work folder and overrides (shared with ``zoo.py``, which takes several methods)."""
     parser.add_argument("--path", default="/usr/share/datasets/fashion-mnist", help="Folder with the IDX files.")
     parser.add_argument("--limit", type=int, default=None, help="Use only the first N images of each split.")
     parser.add_argument("--work", default=None, help="Work folder (default: a temporary one, kept).")

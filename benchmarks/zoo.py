@@ -62,10 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-min", type=float, default=20.0, help="Pretraining budget per run, in minutes.")
     parser.add_argument("--methods", nargs="+", default=["all"], help="Method names, or 'all' (default).")
     parser.add_argument("--families", nargs="+", choices=sorted(FAMILIES), default=sorted(FAMILIES))
-    parser.add_argument("--path", default="/usr/share/datasets/fashion-mnist", help="Folder with the IDX files.")
-    parser.add_argument("--limit", type=int, default=None, help="Use only the first N images of each split.")
-    parser.add_argument("--work", default=None, help="Work folder (default: a temporary one, kept).")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="Extra config KEY=VALUE.")
+    fashion_mnist.add_data_arguments(parser)
     args = parser.parse_args(argv)
     if args.budget_min <= 0:
         parser.error("--budget-min must be positive")
@@ -137,7 +134,7 @@ def main() -> None:
             "family": family,
             "backbone": cfg.model.backbone,
             **scored.summary(),
-            **{key: metrics.get(f"fashion_mnist/ssl/{key}") for key, _ in PROTOCOLS},
+            **{k: metrics.get(f"fashion_mnist/ssl/{k}") for k, _ in PROTOCOLS},
             "knn_k20_vs_pixels_p": metrics.get("fashion_mnist/ssl/knn_k20_vs_pixels_p"),
             "baselines": {  # those this run evaluated
                 name: {k: metrics.get(f"fashion_mnist/{enc}/{k}") for k, _ in PROTOCOLS}
