@@ -481,6 +481,9 @@ class TrainOutcome:
         return self.state.step
 
 
+POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
 def ray_runtime_env(*, local: bool) -> dict[str, Any]:
     env = {
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -805,6 +808,8 @@ def _failure_message(
 
 def _fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str, queue: Any) -> Any:
     path, fs = ray_storage(storage_path, cfg.storage)
+    # Read by Ray Train's controller, which the trainer starts with the driver's RAY_TRAIN_* variables.
+    os.environ[POLL_INTERVAL_ENV] = str(cfg.ray.poll_interval_s)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
