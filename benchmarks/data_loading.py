@@ -18,7 +18,7 @@ numbers are what the data path alone can deliver. Columns:
 Variants, alternated within each repeat so that drift on a shared machine hits all alike:
 
 * ``trainstream K=k``: ``TrainStream`` + ``DataLoader(num_workers=k)`` in one process, exactly
-  as each Ray Train worker runs it (``tasks/ray_train.py``), without Ray running;
+  as each Ray Train worker runs it (``tasks/train_worker.py``), without Ray running;
 * ``ray-data``: ``read_webdataset`` -> ``map_batches`` (decode + views, fused with the read) ->
   ``iter_torch_batches`` in the driver, re-executed for every pass;
 * ``train+raydata W=w``: the same dataset handed to ``TorchTrainer(datasets={"train": ds})`` and
@@ -324,7 +324,7 @@ def run_ray_train(
     urls: list[str], views: ViewTransform, args: argparse.Namespace, workers: int, loader: int | None, seed: int
 ) -> Run:
     """``TorchTrainer`` with ``workers`` workers fed by Ray Data (``loader`` None) or by TrainStream +
-    ``DataLoader(num_workers=loader)`` in each worker, as ``tasks/ray_train.py`` does."""
+    ``DataLoader(num_workers=loader)`` in each worker, as ``tasks/train_worker.py`` does."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer

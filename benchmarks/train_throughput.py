@@ -227,7 +227,7 @@ def plain_loop(
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method, cfg.train)
     model: nn.Module = method
-    if dist.is_initialized():  # as ray.train.torch.prepare_model wraps it in tasks/ray_train.py
+    if dist.is_initialized():  # as ray.train.torch.prepare_model wraps it in tasks/train_worker.py
         model = DistributedDataParallel(method, forward_sync_buffers=False)
     if cfg.train.compile:
         model = torch.compile(model)
@@ -265,7 +265,7 @@ def run_plain(cfg: PipelineConfig, folder: str, device: torch.device, n: int, ar
 
 
 def run_plain_loader(cfg: PipelineConfig, folder: str, device: torch.device, n: int, args: argparse.Namespace) -> Rate:
-    """The plain loop fed as each stage worker is fed (``tasks/ray_train.py``), in one process."""
+    """The plain loop fed as each stage worker is fed (``tasks/train_worker.py``), in one process."""
     transform = view_transform(cfg)
     on_device = None
     if cfg.augment.on_device:  # the loader processes only decode; the views are made batched on the device
@@ -281,7 +281,7 @@ def run_plain_loader(cfg: PipelineConfig, folder: str, device: torch.device, n: 
     if on_device is not None:
         batches = AugmentedBatches(batches, on_device, device, seed=cfg.train.seed, rank=0)
     threads = torch.get_num_threads()
-    # As a stage worker with every core sets its threads (tasks/ray_train.py).
+    # As a stage worker with every core sets its threads (tasks/train_worker.py).
     torch.set_num_threads(training_threads(threads, cfg.train.loader_workers, accelerator=device.type == "cuda"))
     try:
         return plain_loop(cfg, batches.__next__, device, n, args)

@@ -35,3 +35,14 @@ def test_importing_all_of_sslcore_loads_no_orchestration_packages() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"sslcore pulled in: {out.stdout.strip()}"
+
+
+def test_the_ray_train_side_loads_no_prefect() -> None:
+    """The driver's Ray adapter, the worker loop and the checkpoint helpers run inside Ray processes."""
+    code = (
+        "import sys, tasks.ray_train, tasks.train_worker, tasks.checkpoints\n"
+        "print(','.join(sorted({n.split('.')[0] for n in sys.modules} & {'prefect'})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"the Ray side pulled in: {out.stdout.strip()}"

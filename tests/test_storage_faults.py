@@ -180,7 +180,8 @@ def test_checkpoint_upload_rides_out_throttling_and_a_cut_upload_is_never_taken_
     from ray.train.v2._internal.execution.storage import StorageContext
 
     from sslcore.train import TrainState, save_state
-    from tasks.ray_train import latest_checkpoint, ray_storage
+    from tasks.checkpoints import latest_checkpoint
+    from tasks.ray_train import ray_storage
 
     storage = StorageConfig(endpoint_url=proxy.url, max_attempts=3)
     storage_path = f"s3://{s3_bucket}/ray_results"
@@ -278,7 +279,8 @@ from ray.train import Checkpoint
 from ray.train.v2._internal.execution.storage import StorageContext
 from sslcore.config import StorageConfig
 from sslcore.train import TrainState, save_state
-from tasks.ray_train import latest_checkpoint, ray_storage
+from tasks.checkpoints import latest_checkpoint
+from tasks.ray_train import ray_storage
 
 storage_path = str(Path(sys.argv[1]) / "ray_results")
 small, big = torch.nn.Linear(8, 8), torch.nn.Linear(1024, 512)  # state.pt of ~2 KB and ~2 MB

@@ -12,7 +12,7 @@ from fsspec.implementations.local import LocalFileSystem
 from sslcore.config import load_config
 from sslcore.methods import build_method
 from sslcore.train import META_FILE, STATE_FILE, TrainState, build_optimizer, checkpoint_state, save_state
-from tasks.ray_train import CheckpointUploadError, _check_uploaded, latest_checkpoint, prune_unregistered
+from tasks.checkpoints import CheckpointUploadError, check_uploaded, latest_checkpoint, prune_unregistered
 
 CFG = load_config(None, ["model.backbone=test_resnet", "method.projection_hidden_dim=16", "method.projection_dim=8"])
 RUN = "run-x"
@@ -55,9 +55,9 @@ def test_the_newest_complete_checkpoint_is_found_and_only_complete_ones_are_kept
 
 
 def test_an_incomplete_upload_fails_the_worker_loudly(tmp_path: Path) -> None:
-    loop_config = {"storage_path": str(tmp_path), "run_name": RUN}
+    run_url = str(tmp_path / RUN)
     _save(tmp_path, 5)
-    _check_uploaded(loop_config, CFG, 5)
+    check_uploaded(run_url, CFG.storage, 5)
     _truncate(tmp_path / RUN / "step-00000005")
     with pytest.raises(CheckpointUploadError, match=r"step-00000005 is incomplete"):
-        _check_uploaded(loop_config, CFG, 5)
+        check_uploaded(run_url, CFG.storage, 5)

@@ -7,7 +7,7 @@ import pytest
 
 from sslcore.config import PipelineConfig, load_config
 from sslcore.train import plan_steps
-from tasks.ray_train import _next_stop, _steps_in_budget
+from tasks.train_worker import _next_stop, _steps_in_budget
 
 
 def _cfg(*overrides: str) -> PipelineConfig:

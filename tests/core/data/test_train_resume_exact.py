@@ -2,7 +2,7 @@
 optimizer, stream and DataLoader processes) ends with bit-identical weights, optimizer state,
 EMA teacher and center to a run that never stopped, on the same learning-rate schedule.
 
-This is the framework-free core of the Ray worker loop (``tasks/ray_train.py``); the Ray tests
+This is the framework-free core of the Ray worker loop (``tasks/train_worker.py``); the Ray tests
 kill real workers and whole stages on top of it.
 """
 
