@@ -72,7 +72,11 @@ class MoCoV2Config(StrictModel):
     temperature: PositiveFloat = 0.2
     projection_hidden_dim: PositiveInt = Field(512, description="Reference: 2048.")
     projection_dim: PositiveInt = 128
-    head_batch_norm: bool = Field(False, description="BatchNorm in the MLP head (reference: none).")
+    head_batch_norm: bool | None = Field(
+        None,
+        description="BatchNorm in the MLP head. None: on ViTs only, whose backbone has no BatchNorm (without it "
+        "MoCo v2 does not learn on a small ViT, docs/methods.md); the ResNet reference has none.",
+    )
     queue_size: PositiveInt = Field(
         1024, description="Keys in the FIFO queue; keep it below one epoch of keys (reference: 65536)."
     )

@@ -26,6 +26,7 @@ from sslcore.methods.base import METHODS, StepValues, check_views, momentum_valu
 from sslcore.momentum import momentum_copy, update_momentum
 from sslcore.nn.heads import MoCoV2ProjectionHead
 from sslcore.nn.queue import FeatureQueue
+from sslcore.nn.vit import is_vit
 from sslcore.schedules import StepPlan
 from sslcore.transforms import MultiView, view_transform
 
@@ -49,8 +50,9 @@ class MoCoV2(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
+        batch_norm = is_vit(backbone) if cfg.head_batch_norm is None else cfg.head_batch_norm
         self.projection_head = MoCoV2ProjectionHead(
-            feature_dim(backbone), cfg.projection_hidden_dim, cfg.projection_dim, batch_norm=cfg.head_batch_norm
+            feature_dim(backbone), cfg.projection_hidden_dim, cfg.projection_dim, batch_norm=batch_norm
         )
         self.key_backbone = momentum_copy(self.backbone)
         self.key_projection_head = momentum_copy(self.projection_head)

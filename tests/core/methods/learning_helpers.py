@@ -91,9 +91,10 @@ def _knn(backbone: torch.nn.Module, cfg: PipelineConfig, data: Digits) -> float:
     return result["top1"]
 
 
-def check_method_learns(name: str, digits: Digits) -> None:
-    """Train ``name`` within its budget; its kNN must beat random init by :data:`MARGIN`."""
-    backbone, epochs = BUDGETS[name]
+def check_method_learns(name: str, digits: Digits, budget: tuple[list[str], int] | None = None) -> None:
+    """Train ``name`` within its budget (or ``budget``: backbone and epochs); its kNN must beat
+    random init by :data:`MARGIN`."""
+    backbone, epochs = budget or BUDGETS[name]
     cfg = load_config(
         None,
         [f"method.name={name}", *backbone, f"train.epochs={epochs}", "train.batch_size=128", "train.loader_workers=1"],
