@@ -106,7 +106,6 @@ class Worker:
             method = method.to(memory_format=torch.channels_last)
         self.method = method
         self.optimizer = build_optimizer(method, cfg.train)
-        self.state = TrainState()
 
     def run(self) -> dict[str, Any]:
         self.state = self.restore()
