@@ -45,7 +45,23 @@ LONGEST_FIRST = (
 )
 
 
+# Fixtures that start a service: a test that uses one is ``slow`` (the quick suite starts none).
+SERVICE_FIXTURES = frozenset({"prefect_server", "local_ray", "mlflow_server", "s3_endpoint", "s3_bucket"})
+
+
+def unmarked_service_tests(items: list[pytest.Item]) -> list[str]:
+    """Ids of the tests that use a service fixture but are not marked ``slow``."""
+    return [
+        item.nodeid
+        for item in items
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None
+    ]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = unmarked_service_tests(items)
+    if unmarked:
+        raise pytest.UsageError(f"tests that start a service must be marked slow: {', '.join(unmarked)}")
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
 
     def key(item: pytest.Item) -> int:
