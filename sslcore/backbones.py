@@ -32,14 +32,35 @@ def _adapt_resnet_stem(model: nn.Module) -> None:
     model.maxpool = nn.Identity()
 
 
-def timm_kwargs(cfg: ModelConfig) -> dict[str, object]:
-    """The keyword arguments besides the name that ``timm.create_model`` gets for ``cfg`` (stage widths)."""
-    return {} if cfg.widths is None else {"channels": tuple(cfg.widths)}
+def timm_kwargs(cfg: ModelConfig, vit: bool = False) -> dict[str, object]:
+    """The keyword arguments besides the name that ``timm.create_model`` gets for ``cfg``: a ResNet's stage
+    widths, or a ViT's input size and patch size."""
+    kwargs: dict[str, object] = {}
+    if vit:
+        kwargs["img_size"] = cfg.image_size
+        if cfg.patch_size is not None:
+            kwargs["patch_size"] = cfg.patch_size
+    elif cfg.widths is not None:
+        kwargs["channels"] = tuple(cfg.widths)
+    return kwargs
+
+
+def stock_timm(cfg: ModelConfig) -> bool:
+    """Whether ``timm.create_model(cfg.backbone, num_classes=0, **timm_kwargs(...))`` alone builds the backbone:
+    false where :func:`create_backbone` changes a ResNet's stem afterwards (``small_image_stem``,
+    ``stem_pool=False``), which no timm argument expresses (and, to be safe, a ViT with ``small_image_stem``,
+    which it ignores)."""
+    return cfg.stem_pool and not cfg.small_image_stem
+
+
+def plain_timm_kwargs(cfg: ModelConfig, model: nn.Module) -> dict[str, object] | None:
+    """The :func:`timm_kwargs` with which plain timm rebuilds ``model`` (from ``create_backbone(cfg)``), or
+    None where timm alone cannot (:func:`stock_timm`)."""
+    return timm_kwargs(cfg, vit=_is_vit(model)) if stock_timm(cfg) else None
 
 
 def create_backbone(cfg: ModelConfig, in_chans: int = 3) -> nn.Module:
     """Build an untrained feature extractor that maps ``(B, C, S, S)`` to ``(B, num_features)``."""
-    kwargs: dict[str, object] = {}
     try:
         probe = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, in_chans=in_chans, **timm_kwargs(cfg))
     except TypeError as e:
@@ -49,9 +70,7 @@ def create_backbone(cfg: ModelConfig, in_chans: int = 3) -> nn.Module:
     if _is_vit(probe):
         if not cfg.stem_pool:
             raise ValueError(f"model.stem_pool=false is for ResNets, not the ViT '{cfg.backbone}'")
-        kwargs["img_size"] = cfg.image_size
-        if cfg.patch_size is not None:
-            kwargs["patch_size"] = cfg.patch_size
+        kwargs = timm_kwargs(cfg, vit=True)
         model = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
     else:
         model = probe

@@ -1,22 +1,29 @@
 """Embedding images with a trained backbone: the code path shared by evaluation and serving.
 
 The registered MLflow model ships ``encoder.json`` (:class:`EncoderSpec`) and the backbone's
-``state_dict`` as safetensors; :meth:`Encoder.load` rebuilds it from those two files with timm alone.
+``state_dict`` as safetensors; :meth:`Encoder.load` rebuilds it from those two files. :meth:`Encoder.save`
+writes them, plus timm's own ``config.json`` where the backbone is a stock timm architecture, so that
+timm alone (without this package) rebuilds it and its preprocessing: see :func:`timm_config`.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from sslcore.backbones import create_backbone, feature_dim
+from sslcore.backbones import create_backbone, feature_dim, plain_timm_kwargs
 from sslcore.config import ModelConfig
 from sslcore.transforms import preprocess
+
+SPEC_FILE = "encoder.json"
+WEIGHTS_FILE = "backbone.safetensors"
+TIMM_CONFIG_FILE = "config.json"
 
 
 class EncoderSpec(BaseModel):
@@ -48,6 +55,24 @@ class Encoder:
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(backbone, spec, dev)
 
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write ``encoder.json``, ``backbone.safetensors`` and, where timm alone builds the backbone, timm's
+        ``config.json`` (:func:`timm_config`) into ``folder``; returns the files written."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        spec_path, weights_path, timm_path = folder / SPEC_FILE, folder / WEIGHTS_FILE, folder / TIMM_CONFIG_FILE
+        spec_path.write_text(self.spec.model_dump_json(indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
+        save_file(state, str(weights_path))
+        config = timm_config(self.spec, self.backbone)
+        if config is None:
+            timm_path.unlink(missing_ok=True)  # never leave a stale one: timm would build the stock stem
+            return [spec_path, weights_path]
+        timm_path.write_text(json.dumps(config, indent=2))
+        return [spec_path, weights_path, timm_path]
+
     @classmethod
     def load_from_state(cls, spec: EncoderSpec, state: dict[str, Tensor], device: str = "cpu") -> Encoder:
         """Rebuild from an in-memory ``state_dict``; fills in ``spec.embedding_dim``."""
@@ -76,3 +101,32 @@ class Encoder:
 
 def spec_for(model_cfg: ModelConfig, mean: tuple[float, float, float], std: tuple[float, float, float]) -> EncoderSpec:
     return EncoderSpec(model=model_cfg, mean=mean, std=std, embedding_dim=feature_dim(create_backbone(model_cfg)))
+
+
+def timm_config(spec: EncoderSpec, backbone: nn.Module) -> dict[str, Any] | None:
+    """timm's own ``config.json`` for ``backbone`` (built from ``spec.model``), or None where timm alone
+    cannot build it (a changed ResNet stem, :func:`sslcore.backbones.stock_timm`).
+
+    It is the format timm's Hugging Face Hub and ``local-dir:`` loaders read: ``architecture`` and
+    ``model_args`` rebuild the backbone with ``timm.create_model(architecture, num_classes=0, **model_args)``,
+    and ``pretrained_cfg`` holds the preprocessing, for ``timm.data.resolve_data_config``. At the input size it
+    is :func:`~sslcore.transforms.preprocess` exactly (resize the shorter side bilinearly, centre crop,
+    normalise).
+    """
+    model_args = plain_timm_kwargs(spec.model, backbone)
+    if model_args is None:
+        return None
+    size = spec.model.image_size
+    return {
+        "architecture": spec.model.backbone,
+        "num_classes": 0,
+        "model_args": {k: list(v) if isinstance(v, tuple) else v for k, v in model_args.items()},
+        "pretrained_cfg": {
+            "input_size": [3, size, size],
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        },
+    }

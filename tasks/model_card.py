@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sslcore.backbones import stock_timm
 from sslcore.config import PipelineConfig
 from sslcore.evaluation.plan import is_labelled_metric
 from tasks.records import EvaluateRecord
@@ -12,6 +13,31 @@ NO_LABELS = (
     "No labelled evaluation was possible: the data has no labels, so kNN, linear probe and few-shot were not "
     "run; add a labelled `eval.datasets` entry to measure them."
 )
+
+# Loads the run's timm/ folder with timm, safetensors and PIL alone; tests/registry/test_timm_export.py runs
+# it as written and compares with the pyfunc, and docs/registry.md shows it verbatim.
+TIMM_SNIPPET = """\
+import json
+
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from timm.data import create_transform, resolve_data_config
+
+folder = "timm"  # the run's timm/ artifacts: mlflow.artifacts.download_artifacts(run_id=..., artifact_path="timm")
+paths = ["cat.png", "dog.png"]  # your images
+
+with open(f"{folder}/config.json") as f:
+    cfg = json.load(f)
+model = timm.create_model(cfg["architecture"], num_classes=0, **cfg["model_args"])
+model.load_state_dict(load_file(f"{folder}/backbone.safetensors"))
+model.eval()
+transform = create_transform(**resolve_data_config(pretrained_cfg=cfg["pretrained_cfg"]))
+with torch.no_grad():
+    emb = model(torch.stack([transform(Image.open(p).convert("RGB")) for p in paths]))  # float32 (N, D)
+"""
+SSLCORE_LOADER = 'sslcore.inference.Encoder.load("timm/encoder.json", "timm/backbone.safetensors")'
 
 
 def dataset_labelled(evaluation: EvaluateRecord, dataset: str) -> bool:
@@ -79,6 +105,23 @@ def _stem(config: PipelineConfig) -> str:
     return "stock stem" if config.model.stem_pool else "stock stem without its max-pool"
 
 
+def _loading(config: PipelineConfig) -> str:
+    size = config.model.image_size
+    if stock_timm(config.model):
+        return f"""`timm/` holds timm's own `config.json` beside the weights: timm, safetensors and PIL alone
+rebuild the encoder and its preprocessing, and give the pyfunc's embeddings (to float rounding for
+{size}x{size} images; PIL resizes other sizes in whole grey levels, torch in floats, so they differ slightly):
+
+```python
+{TIMM_SNIPPET}```
+
+`model.reset_classifier(num_classes)` then adds a head to fine-tune."""
+    return f"""This encoder ({_stem(config)}) is not a stock timm architecture: no `timm.create_model` argument
+expresses its stem, so `timm/` has no timm `config.json`. timm alone would build the stock stem, into which these
+weights either do not load or load and give other embeddings. Load it with the pyfunc above, or with the
+`sslcore` package the pyfunc ships (its `code/` folder): `{SSLCORE_LOADER}`."""
+
+
 def model_card(config: PipelineConfig, evaluation: EvaluateRecord) -> str:
     pretrain, ingest = evaluation.pretrain, evaluation.pretrain.ingest
     headline = evaluation.metrics[evaluation.headline]
@@ -94,6 +137,9 @@ def model_card(config: PipelineConfig, evaluation: EvaluateRecord) -> str:
   normalised with mean {config.augment.mean} and std {config.augment.std}.
 - Use: `mlflow.pyfunc.load_model(uri).predict(uint8 images (N, H, W, C))` -> float32 (N, D); the
   weights are also logged as `timm/backbone.safetensors` with `timm/encoder.json`.
+
+## Loading with timm
+{_loading(config)}
 
 ## Data
 - Shards `{ingest.shard_folder}` (manifest fingerprint `{ingest.fingerprint[:16]}`): \

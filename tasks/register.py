@@ -27,11 +27,10 @@ from mlflow.types.schema import Schema, TensorSpec
 from prefect import runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from safetensors.torch import save_file
 
 import sslcore
 from sslcore.config import PipelineConfig
-from sslcore.inference import Encoder, EncoderSpec
+from sslcore.inference import SPEC_FILE, WEIGHTS_FILE, Encoder, EncoderSpec
 from sslcore.plots import training_curves
 from sslcore.storage import filesystem
 from sslcore.train import backbone_state_dict
@@ -158,11 +157,11 @@ def _log_run(
     client = MlflowClient(mlflow.get_tracking_uri())
     weights = backbone_state_dict(pretrain.checkpoint_path, config.storage)
     spec = EncoderSpec(model=config.model, mean=config.augment.mean, std=config.augment.std, embedding_dim=0)
-    spec = Encoder.load_from_state(spec, weights).spec
+    encoder = Encoder.load_from_state(spec, weights)
+    spec = encoder.spec
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "backbone.safetensors"))
-        (tmp / "encoder.json").write_text(spec.model_dump_json(indent=2))
+        encoder.save(tmp / "timm")  # + timm's config.json where timm alone builds the backbone
         (tmp / "config.json").write_text(config.model_dump_json(indent=2))
         (tmp / "model_card.md").write_text(model_card(config, evaluation))
         fs, manifest_path = filesystem(ingest.manifest_path, config.storage)
@@ -196,13 +195,12 @@ def _log_run(
             mlflow.log_artifact(str(tmp / "training_curves.png"), artifact_path="plots")
             for path in evaluation.artifacts:
                 mlflow.log_artifact(path, artifact_path="plots" if path.endswith(".png") else "evaluation")
-            # timm-compatible weights beside the pyfunc, for fine-tuning with timm directly
-            mlflow.log_artifact(str(tmp / "backbone.safetensors"), artifact_path="timm")
-            mlflow.log_artifact(str(tmp / "encoder.json"), artifact_path="timm")
+            # the weights beside the pyfunc, loadable with timm alone (docs/registry.md), e.g. to fine-tune
+            mlflow.log_artifacts(str(tmp / "timm"), artifact_path="timm")
             info = mlflow.pyfunc.log_model(
                 name="encoder",
                 python_model=str(MODEL_CODE),
-                artifacts={"spec": str(tmp / "encoder.json"), "weights": str(tmp / "backbone.safetensors")},
+                artifacts={"spec": str(tmp / "timm" / SPEC_FILE), "weights": str(tmp / "timm" / WEIGHTS_FILE)},
                 code_paths=[str(Path(sslcore.__file__).parent)],
                 signature=signature,
                 input_example=example,
