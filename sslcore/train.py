@@ -20,7 +20,7 @@ from fsspec import AbstractFileSystem
 from torch import Tensor, nn
 
 from sslcore.config import PipelineConfig, StorageConfig, TrainConfig
-from sslcore.methods import StepValues, as_method, check_method_backbone, unwrap
+from sslcore.methods import StepValues, as_method, check_method_backbone, lr_scale, unwrap
 from sslcore.schedules import StepPlan, scaled_lr, warmup_cosine
 from sslcore.storage import filesystem, is_remote
 
@@ -51,7 +51,8 @@ class TrainState:
 
 def plan_steps(cfg: PipelineConfig, train_samples: int, total_steps: int | None = None) -> StepPlan:
     """Steps per epoch from the sample count (an epoch is ``train_samples`` images, dropping the
-    last partial global batch), the schedule lengths and the batch-scaled learning rate.
+    last partial global batch), the schedule lengths and the learning rate: ``train.lr`` scaled with
+    the batch and by the method's :func:`~sslcore.methods.lr_scale`.
 
     ``total_steps`` replaces ``train.epochs`` worth of steps (a time budget's re-plan); the last
     epoch may then be partial.
@@ -73,7 +74,7 @@ def plan_steps(cfg: PipelineConfig, train_samples: int, total_steps: int | None 
     if cfg.train.max_steps_per_epoch is not None:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     total = total_steps or steps * cfg.train.epochs
-    peak = scaled_lr(cfg.train.lr, cfg.train.batch_size)
+    peak = scaled_lr(cfg.train.lr, cfg.train.batch_size) * lr_scale(cfg)
     return StepPlan(
         steps_per_epoch=steps,
         total_steps=total,

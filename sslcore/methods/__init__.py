@@ -40,6 +40,7 @@ __all__ = [
     "as_method",
     "build_method",
     "check_method_backbone",
+    "lr_scale",
     "unwrap",
 ]
 
@@ -59,6 +60,19 @@ def check_method_backbone(cfg: PipelineConfig) -> None:
             f"but model.backbone={cfg.model.backbone} is not a timm VisionTransformer: set e.g. "
             f"model.backbone=vit_tiny_patch16_224 model.patch_size=4 for small images"
         )
+
+
+def lr_scale(cfg: PipelineConfig) -> float:
+    """The factor on ``train.lr`` for ``cfg.method`` on ``cfg.model``: the method's ``lr_scale`` when
+    set, else its class's ``vit_lr_scale`` on a ViT (1 on other backbones and for other methods)."""
+    explicit: float | None = getattr(cfg.method, "lr_scale", None)
+    if explicit is not None:
+        return explicit
+    vit_scale: float = getattr(METHODS.get(cfg.method.name), "vit_lr_scale", 1.0)
+    if vit_scale == 1.0:
+        return 1.0
+    with torch.device("meta"):
+        return vit_scale if is_vit(create_backbone(cfg.model)) else 1.0
 
 
 def build_method(cfg: PipelineConfig) -> nn.Module:

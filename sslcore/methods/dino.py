@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from sslcore.backbones import feature_dim
 from sslcore.config import AugmentConfig
 from sslcore.gradients import cancel_gradients_, clip_per_parameter_
-from sslcore.losses import dino_loss
+from sslcore.losses import dino_loss, koleo_loss
 from sslcore.method_config import DINOConfig, DINOv2Config
 from sslcore.methods.base import METHODS, StepValues, plain_values
 from sslcore.momentum import momentum_copy, update_momentum
@@ -99,6 +99,7 @@ class DINO(nn.Module):
     """
 
     requires_vit: ClassVar[bool] = False
+    vit_lr_scale: ClassVar[float] = 0.25  # reference ViT lr 5e-4 per 256 images; train.lr defaults to 2e-3
 
     def __init__(self, backbone: nn.Module, cfg: DINOConfig) -> None:
         super().__init__()
@@ -118,6 +119,8 @@ class DINO(nn.Module):
         self.teacher_backbone = momentum_copy(self.backbone)
         self.teacher_head = momentum_copy(self.head)
         self.center = Center(cfg.output_dim)
+        vit_koleo = 0.1 if is_vit(backbone) else 0.0
+        self.koleo_weight = vit_koleo if cfg.koleo_loss_weight is None else cfg.koleo_loss_weight
 
     def forward(self, views: list[Tensor], values: StepValues | None = None) -> dict[str, Tensor]:
         """Loss of ``[global_1, global_2, local_1, ..., local_N]``; globals (B, C, S, S), locals
@@ -134,15 +137,21 @@ class DINO(nn.Module):
         with torch.no_grad():
             teacher_logits = self.teacher_head(features(self.teacher_backbone, globals_))  # (2B, K)
         # One backbone pass per crop resolution, as the reference does.
-        student_logits = [self.head(features(self.backbone, globals_))]
+        student_globals = features(self.backbone, globals_)  # (2B, F)
+        student_logits = [self.head(student_globals)]
         if len(views) > NUM_GLOBAL_CROPS:
             student_logits.append(self.head(features(self.backbone, torch.cat(views[NUM_GLOBAL_CROPS:]))))
         student = torch.cat(student_logits).view(len(views), batch, -1)  # (V, B, K)
         targets = centered_softmax(teacher_logits, self.center.center, teacher_temp)
-        loss = dino_loss(student, targets.view(NUM_GLOBAL_CROPS, batch, -1), student_temp=self.cfg.student_temp)
+        distillation = dino_loss(student, targets.view(NUM_GLOBAL_CROPS, batch, -1), student_temp=self.cfg.student_temp)
         self.center.update(teacher_logits, self.cfg.center_momentum)
         entropy = -(targets * targets.clamp(min=1e-12).log()).sum(-1).mean()
-        return {"loss": loss, "teacher_entropy": entropy.detach()}
+        out = {"loss": distillation, "teacher_entropy": entropy.detach()}
+        if self.koleo_weight > 0:
+            koleo = torch.stack([koleo_loss(part) for part in student_globals.chunk(NUM_GLOBAL_CROPS)]).sum()
+            out |= {"loss": distillation + self.koleo_weight * koleo, "dino_loss": distillation.detach()}
+            out["koleo_loss"] = koleo.detach()
+        return out
 
     def view_transform(self, augment: AugmentConfig, image_size: int) -> Callable[[Image.Image], list[Tensor]]:
         return distillation_views(self.cfg, augment, image_size)

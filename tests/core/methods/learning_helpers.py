@@ -35,8 +35,7 @@ TEST_RESNET = ["model.backbone=test_resnet", "model.image_size=16", "model.small
 # method -> (backbone, epochs): a small budget that learns reliably. Backbones are timm's tiny test
 # models: a ResNet with the standard stem (random-init kNN ~0.76) and a ViT with 4-pixel patches
 # (random-init kNN ~0.46; required by the patch-based methods). Masked modelling needs more, but
-# cheaper, epochs. DINO runs on the ResNet: on the tiny ViT its head drifts to the uniform solution
-# within this budget (docs/methods.md).
+# cheaper, epochs. DINO and MoCo v2 run on the ResNet here and on the ViT in tests of their own.
 BUDGETS: dict[str, tuple[list[str], int]] = {
     "simclr": (TEST_RESNET, 3),
     "moco_v2": (TEST_RESNET, 3),
@@ -91,9 +90,11 @@ def _knn(backbone: torch.nn.Module, cfg: PipelineConfig, data: Digits) -> float:
     return result["top1"]
 
 
-def check_method_learns(name: str, digits: Digits, budget: tuple[list[str], int] | None = None) -> None:
+def check_method_learns(
+    name: str, digits: Digits, budget: tuple[list[str], int] | None = None, margin: float = MARGIN
+) -> None:
     """Train ``name`` within its budget (or ``budget``: backbone and epochs); its kNN must beat
-    random init by :data:`MARGIN`."""
+    random init by ``margin``."""
     backbone, epochs = budget or BUDGETS[name]
     cfg = load_config(
         None,
@@ -122,4 +123,4 @@ def check_method_learns(name: str, digits: Digits, budget: tuple[list[str], int]
         assert np.isfinite(means["loss"])
     trained = _knn(method.backbone, cfg, digits)
     print(f"{name}: kNN top-1 {trained:.4f} vs random init {random_init:.4f} ({time.perf_counter() - start:.0f} s)")
-    assert trained > random_init + MARGIN
+    assert trained > random_init + margin

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from sslcore.config import load_config
-from sslcore.losses import dino_loss
-from sslcore.methods import as_method, build_method
+from sslcore.losses import dino_loss, koleo_loss
+from sslcore.methods import as_method, build_method, lr_scale
 from sslcore.nn.centering import centered_softmax
 from sslcore.nn.vit import features
 from sslcore.schedules import StepPlan
-from sslcore.train import build_optimizer, train_step
+from sslcore.train import build_optimizer, plan_steps, train_step
 
 CPU = torch.device("cpu")
 PLAN = StepPlan(steps_per_epoch=5, total_steps=50, warmup_steps=0, peak_lr=1e-2, final_lr=1e-2, weight_decay=0.04)
@@ -62,8 +62,47 @@ def test_loss_is_dino_loss_of_centred_teacher_and_center_moves_by_its_ema(backbo
         student = torch.cat([globals_, locals_]).view(5, 6, -1)
         targets = centered_softmax(teacher, center_before, values.teacher_temp).view(2, 6, -1)
         expected = dino_loss(student, targets, student_temp=model.cfg.student_temp)
-    torch.testing.assert_close(out["loss"], expected)
+        features_ = model.backbone(torch.cat(views[:2]))
+        koleo = koleo_loss(features_[:6]) + koleo_loss(features_[6:])  # per global crop, as DINOv2
+    if backbone == "test-vit":  # KoLeo by default on ViTs only
+        torch.testing.assert_close(out["dino_loss"], expected)
+        torch.testing.assert_close(out["koleo_loss"], koleo)
+        torch.testing.assert_close(out["loss"], expected + 0.1 * koleo)
+    else:
+        assert "koleo_loss" not in out
+        torch.testing.assert_close(out["loss"], expected)
     torch.testing.assert_close(model.center.center, 0.8 * center_before + 0.2 * teacher.mean(dim=0, keepdim=True))
+
+
+@pytest.mark.parametrize(("backbone", "weight"), [("test-vit", "0"), ("test-resnet", "0.3")])
+def test_an_explicit_koleo_weight_holds_on_any_backbone(backbone: str, weight: str) -> None:
+    model = _model("dino", backbone, f"method.koleo_loss_weight={weight}").eval()
+    with torch.no_grad():
+        out = model(_views(), as_method(model).step_values(3, PLAN))
+    if weight == "0":
+        assert "koleo_loss" not in out
+    else:
+        torch.testing.assert_close(out["loss"], out["dino_loss"] + 0.3 * out["koleo_loss"])
+
+
+@pytest.mark.parametrize(
+    ("method", "backbone", "extra", "scale"),
+    [
+        ("dino", "test-vit", [], 0.25),  # the reference ViT lr, 5e-4 per 256 images
+        ("dino", "test-vit", ["method.lr_scale=1"], 1.0),
+        ("dino", "test-resnet", [], 1.0),
+        ("dino", "test-resnet", ["method.lr_scale=0.5"], 0.5),
+        ("simclr", "test-vit", [], 1.0),
+    ],
+)
+def test_the_learning_rate_scales_by_method_and_backbone(
+    method: str, backbone: str, extra: list[str], scale: float
+) -> None:
+    cfg = load_config(
+        None, [f"method.name={method}", "train.lr=1e-3", "train.batch_size=128", *BACKBONES[backbone], *extra]
+    )
+    assert lr_scale(cfg) == scale
+    assert plan_steps(cfg, 1000).peak_lr == pytest.approx(1e-3 * 128 / 256 * scale)
 
 
 def test_local_crop_order_does_not_matter() -> None:
