@@ -149,10 +149,11 @@ def pretrain(cfg: PipelineConfig, folder: str, record: IngestRecord, work: Path)
     workers' start-up included."""
     from tasks import ray_train  # Ray only when needed
     from tasks.pretrain import run_name_for
+    from tasks.train_worker import WorkerJob
 
     ray_train.connect(None)
     start = time.perf_counter()
-    outcome = ray_train.fit(cfg, folder, str(work / "ray_results"), run_name_for(cfg, record))
+    outcome = ray_train.fit(WorkerJob.planned(cfg, folder, str(work / "ray_results"), run_name_for(cfg, record)))
     return outcome, time.perf_counter() - start
 
 

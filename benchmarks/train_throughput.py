@@ -338,12 +338,13 @@ def run_stage(cfg: PipelineConfig, folder: str, storage: Path) -> Rate:
     import ray
 
     from tasks import ray_train
+    from tasks.train_worker import WorkerJob
 
     started_at = time.time()
     ray_train.connect(None)
     connected_at = time.time()
     try:
-        outcome = ray_train.fit(cfg, folder, str(storage), "bench")
+        outcome = ray_train.fit(WorkerJob.planned(cfg, folder, str(storage), "bench"))
         returned_at = time.time()
     finally:
         ray.shutdown()

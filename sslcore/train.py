@@ -11,7 +11,7 @@ import errno
 import io
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +73,24 @@ def plan_steps(cfg: PipelineConfig, train_samples: int, total_steps: int | None 
         )
     if cfg.train.max_steps_per_epoch is not None:
         steps = min(steps, cfg.train.max_steps_per_epoch)
-    total = total_steps or steps * cfg.train.epochs
     peak = scaled_lr(cfg.train.lr, cfg.train.batch_size) * lr_scale(cfg)
-    return StepPlan(
+    plan = StepPlan(
         steps_per_epoch=steps,
-        total_steps=total,
-        warmup_steps=min(round(cfg.train.warmup_epochs * steps), total),
+        total_steps=steps * cfg.train.epochs,
+        warmup_steps=0,
         peak_lr=peak,
         final_lr=peak * cfg.train.min_lr_ratio,
         weight_decay=cfg.train.weight_decay,
     )
+    return replan_steps(plan, cfg.train, total_steps or plan.total_steps)
+
+
+def replan_steps(plan: StepPlan, cfg: TrainConfig, total_steps: int) -> StepPlan:
+    """``plan`` with ``total_steps`` steps (a time budget's re-plan, or a resumed one): the same epoch
+    length and learning rates, the warm-up clamped to the new length. Nothing is checked again: the
+    run was validated when ``plan`` was made (:func:`plan_steps`)."""
+    warmup = min(round(cfg.warmup_epochs * plan.steps_per_epoch), total_steps)
+    return replace(plan, total_steps=total_steps, warmup_steps=warmup)
 
 
 def lr_at(plan: StepPlan, step: int) -> float:

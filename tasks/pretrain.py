@@ -13,16 +13,15 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from sslcore.config import PipelineConfig
-from sslcore.data.manifest import read_manifest
 from sslcore.health import TrainingCollapsed
 from sslcore.preflight import PreflightError, check_local_resources
-from sslcore.train import plan_steps
 from tasks import ray_train
 from tasks.errors import retry_unless_user_error
 from tasks.faults import inject
 from tasks.records import IngestRecord, PretrainRecord
 from tasks.runtime import ray_storage_path
 from tasks.tracking import TRAINING_PARAMS, LiveRun
+from tasks.train_worker import WorkerJob
 
 
 def run_name_for(config: PipelineConfig, ingest: IngestRecord) -> str:
@@ -53,20 +52,21 @@ def pretrain(config: PipelineConfig, ingest: IngestRecord, fresh: bool = False) 
     """
     inject("pretrain")
     start, started_at = time.perf_counter(), time.time()
-    manifest = read_manifest(ingest.shard_folder, config.storage)
-    plan_steps(config, manifest.split("train").samples)  # batch vs data size, before starting Ray
+    storage_path = ray_storage_path(config)
+    run_name = run_name_for(config, ingest)
+    if fresh:
+        run_name += f"-{str(runtime.task_run.id or uuid.uuid4().hex)[:8]}"
+    # Planned once, before Ray starts: batch vs data size, the method on this backbone. The job is
+    # what every worker receives.
+    job = WorkerJob.planned(config, ingest.shard_folder, storage_path, run_name)
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if not address:
         check_local_resources(config)
-    storage_path = ray_storage_path(config)
     ray_train.connect(address)
     connected_at = time.time()
     _check_cluster_resources(config)
     if address:
         ray_train.check_shared_paths({"ingest.output": ingest.shard_folder, "ray.storage_path": storage_path})
-    run_name = run_name_for(config, ingest)
-    if fresh:
-        run_name += f"-{str(runtime.task_run.id or uuid.uuid4().hex)[:8]}"
     progress = TrainingProgress(run_name)
     live = LiveRun.open(config, run_name, ingest, _run_tags(config, ingest))
     alerts = CollapseAlerts(config, run_name)
@@ -81,7 +81,7 @@ def pretrain(config: PipelineConfig, ingest: IngestRecord, fresh: bool = False) 
             live.log(message)
 
     try:
-        outcome = ray_train.fit(config, ingest.shard_folder, storage_path, run_name, progress=on_message)
+        outcome = ray_train.fit(job, progress=on_message)
     except BaseException as exc:
         if live is not None:
             live.close("FAILED", f"{type(exc).__name__}: {exc}")

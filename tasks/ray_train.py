@@ -33,10 +33,9 @@ from ray.train import (
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from sslcore.config import PipelineConfig, StorageConfig
-from sslcore.data.manifest import read_manifest
 from sslcore.preflight import PreflightError
 from sslcore.storage import filesystem, is_remote
-from sslcore.train import TrainState, plan_steps, read_meta
+from sslcore.train import TrainState, read_meta, replan_steps
 from tasks import ray_groups
 from tasks.checkpoints import best_checkpoint, latest_checkpoint, prune_unregistered
 from tasks.train_worker import WorkerJob, train_loop_per_worker
@@ -214,26 +213,22 @@ def _progress_queue(progress: Callable[[dict[str, float]], None] | None) -> Iter
         queue.shutdown()
 
 
-def fit(
-    cfg: PipelineConfig,
-    shard_folder: str,
-    storage_path: str,
-    run_name: str,
-    progress: Callable[[dict[str, float]], None] | None = None,
-) -> TrainOutcome:
-    """Run (or resume: same ``storage_path`` and ``run_name``) the distributed training.
+def fit(job: WorkerJob, progress: Callable[[dict[str, float]], None] | None = None) -> TrainOutcome:
+    """Run (or resume: same ``job.storage_path`` and ``job.run_name``) the distributed training
+    that ``job`` planned (:meth:`WorkerJob.planned`).
 
     A run whose newest checkpoint already holds every planned step is not started again: its
-    outcome is returned as it is. The config travels to the workers as the pydantic object itself
-    (not JSON), so storage secrets arrive intact while every ``repr`` and dump still masks them.
-    ``progress`` receives, from a driver thread, ``{step, total, loss, steps_per_s}`` every few
-    seconds while it trains, and messages with a ``kind``: ``step`` (every ``train.log_every_steps``
-    steps), ``epoch`` (every epoch's metrics), ``system`` (rank 0's machine) and ``collapse``.
+    outcome is returned as it is. The job, config included, travels to the workers as the typed
+    object itself (not JSON), so storage secrets arrive intact while every ``repr`` and dump still
+    masks them. ``progress`` receives, from a driver thread, ``{step, total, loss, steps_per_s}``
+    every few seconds while it trains, and messages with a ``kind``: ``step`` (every
+    ``train.log_every_steps`` steps), ``epoch`` (every epoch's metrics), ``system`` (rank 0's
+    machine) and ``collapse``.
     """
-    plan = plan_steps(cfg, read_manifest(shard_folder, cfg.storage).split("train").samples)
+    cfg, storage_path, run_name, plan = job.config, job.storage_path, job.run_name, job.plan
     found = latest_checkpoint(storage_path, run_name, cfg.storage)
     if found is not None and found[1].planned_steps:
-        plan = plan_steps(cfg, read_manifest(shard_folder, cfg.storage).split("train").samples, found[1].planned_steps)
+        plan = replan_steps(plan, cfg.train, found[1].planned_steps)
     if found is not None and (found[1].step >= plan.total_steps or found[1].stopped):
         print(f"{run_name} already finished ({found[1].step} steps): reusing {found[0]}", flush=True)
         best = best_checkpoint(storage_path, run_name, cfg.storage) if cfg.train.keep_best else None
@@ -243,7 +238,7 @@ def fit(
         while True:
             try:
                 with ray_groups.LeakWatch():
-                    result = _fit(cfg, shard_folder, storage_path, run_name, queue)
+                    result = _fit(job, queue)
                 break
             except TrainingFailedError as exc:
                 released = _release_groups()
@@ -322,18 +317,12 @@ def _failure_message(
     return f"training run {run_name} {what} ({_cause(exc)}); {kept}"
 
 
-def _fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: str, queue: Any) -> Any:
-    path, fs = ray_storage(storage_path, cfg.storage)
+def _fit(job: WorkerJob, queue: Any) -> Any:
+    cfg = job.config
+    path, fs = ray_storage(job.storage_path, cfg.storage)
     # Read by Ray Train's controller, which the trainer starts with the driver's RAY_TRAIN_* variables.
     os.environ[POLL_INTERVAL_ENV] = str(cfg.ray.poll_interval_s)
-    job = WorkerJob(
-        config=cfg,
-        shard_folder=shard_folder,
-        storage_path=storage_path,
-        run_name=run_name,
-        progress_queue=queue,
-        system_metrics_s=float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10)),
-    )
+    job = job.with_progress(queue, float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10)))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
@@ -344,7 +333,7 @@ def _fit(cfg: PipelineConfig, shard_folder: str, storage_path: str, run_name: st
             resources_per_worker={"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1} if cfg.ray.use_gpu else {})},
         ),
         run_config=RunConfig(
-            name=run_name,
+            name=job.run_name,
             storage_path=path,
             storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),

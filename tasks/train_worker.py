@@ -1,7 +1,8 @@
 """The Ray Train worker loop: what every worker of the pretrain stage runs.
 
-The driver (:func:`tasks.ray_train.fit`) hands every worker one typed :class:`WorkerJob`. A
-:class:`Worker` builds the method and optimizer, then runs named steps:
+The stage plans the run once (:meth:`WorkerJob.planned`: the manifest read, the step plan made and the
+method/backbone pairing checked) and the driver (:func:`tasks.ray_train.fit`) hands every worker that
+typed :class:`WorkerJob`. A :class:`Worker` builds the method and optimizer, then runs named steps:
 
 1. :meth:`Worker.restore`: the newest complete checkpoint in storage, or the one Ray registered;
 2. :meth:`Worker.open_stream`: the data stream, from the position the restored step implies;
@@ -23,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from sslcore import distributed
 from sslcore.config import PipelineConfig
-from sslcore.data.manifest import read_manifest
+from sslcore.data.manifest import Manifest, read_manifest
 from sslcore.data.stream import CountedBatches, TrainStream, shard_urls, train_loader
 from sslcore.device_augment import AugmentedBatches, decode_for_device, device_views
 from sslcore.health import backbone_health, collapse_warning
@@ -51,6 +52,7 @@ from sslcore.train import (
     load_state,
     plan_steps,
     pop_means,
+    replan_steps,
     run_steps,
     save_state,
 )
@@ -60,19 +62,45 @@ from tasks.checkpoints import check_uploaded, latest_checkpoint, upload_best
 
 @dataclass(frozen=True)
 class WorkerJob:
-    """Everything a worker needs, built once by the driver. The config travels as the pydantic
-    object itself (not JSON), so storage secrets arrive intact while every ``repr`` masks them."""
+    """Everything a worker needs, planned once where the stage starts (:meth:`planned`). The config
+    travels as the pydantic object itself (not JSON), so storage secrets arrive intact while every
+    ``repr`` masks them.
+
+    Attributes:
+        config: The run's validated config.
+        shard_folder: The ingested shards (local or ``s3://``).
+        storage_path: Ray Train's storage; the run's checkpoints are under ``run_url``.
+        run_name: The Ray Train run (a resume reuses it).
+        manifest: The shards' manifest, as read when the run was planned.
+        plan: The step plan for ``train.epochs`` (a resumed or time-budgeted run re-plans only its
+            length, :func:`~sslcore.train.replan_steps`).
+        progress_queue: A ``ray.util.queue.Queue`` the driver reads, or None (set by the driver).
+        system_metrics_s: Seconds between rank 0's system-metric samples.
+    """
 
     config: PipelineConfig
     shard_folder: str
     storage_path: str
     run_name: str
-    progress_queue: Any = None  # a ray.util.queue.Queue the driver reads, or None
+    manifest: Manifest
+    plan: StepPlan
+    progress_queue: Any = None
     system_metrics_s: float = 10.0
+
+    @classmethod
+    def planned(cls, config: PipelineConfig, shard_folder: str, storage_path: str, run_name: str) -> WorkerJob:
+        """Read the manifest and plan the steps: the checks that fail on a bad batch size or a method the
+        backbone cannot run (``ValueError``, ``ConfigError``) happen here, before Ray starts anything."""
+        manifest = read_manifest(shard_folder, config.storage)
+        plan = plan_steps(config, manifest.split("train").samples)
+        return cls(config, shard_folder, storage_path, run_name, manifest, plan)
 
     @property
     def run_url(self) -> str:
         return join(self.storage_path, self.run_name)
+
+    def with_progress(self, queue: Any, system_metrics_s: float) -> WorkerJob:
+        return replace(self, progress_queue=queue, system_metrics_s=system_metrics_s)
 
 
 def train_loop_per_worker(loop_config: dict[str, WorkerJob]) -> dict[str, Any]:
@@ -88,8 +116,7 @@ class Worker:
         _quiet_ray_reports()  # Ray logs every report at INFO; our own line per epoch says what matters
         self.job, self.cfg = job, job.config
         cfg = self.cfg
-        self.manifest = read_manifest(job.shard_folder, cfg.storage)
-        self.samples = self.manifest.split("train").samples
+        self.manifest = job.manifest
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -99,7 +126,7 @@ class Worker:
         )
         if self.cuda:
             torch.cuda.set_device(self.device)  # NCCL's object collectives (monitor, data cursor) use the current GPU
-        self.plan: StepPlan = plan_steps(cfg, self.samples)
+        self.plan: StepPlan = job.plan
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         method = build_method(cfg).to(self.device)
         if cfg.train.channels_last:
@@ -158,7 +185,7 @@ class Worker:
             with checkpoint.as_directory() as d:
                 state = load_state(Path(d), self.method, self.optimizer)
         if state.planned_steps:  # a time-budgeted run keeps the step count it re-planned to
-            self.plan = plan_steps(self.cfg, self.samples, total_steps=state.planned_steps)
+            self.plan = replan_steps(self.job.plan, self.cfg.train, state.planned_steps)
         if checkpoint is not None or newest:
             state.resumed_from.append(state.step)
             if self.rank == 0:
@@ -297,7 +324,7 @@ class Worker:
             return
         first = state.planned_steps is None
         state.planned_steps = planned
-        self.plan = plan_steps(cfg, self.samples, total_steps=planned)
+        self.plan = replan_steps(self.job.plan, cfg.train, planned)
         if self.reporter is not None:
             self.reporter.total = self.plan.total_steps
         if self.rank == 0:

@@ -57,6 +57,7 @@ def digits_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
 def _fit(name: str, overrides: list[str], shards: str, work: Path) -> Any:
     from sslcore.config import load_config
     from tasks.ray_train import fit
+    from tasks.train_worker import WorkerJob
 
     cfg = load_config(
         None,
@@ -72,7 +73,7 @@ def _fit(name: str, overrides: list[str], shards: str, work: Path) -> Any:
             *overrides,
         ],
     )
-    return cfg, fit(cfg, shards, str(work / "ray"), f"methods-{name}")
+    return cfg, fit(WorkerJob.planned(cfg, shards, str(work / "ray"), f"methods-{name}"))
 
 
 def test_every_method_is_in_this_file() -> None:

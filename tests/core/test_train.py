@@ -23,6 +23,7 @@ from sslcore.train import (
     lr_at,
     plan_steps,
     read_meta,
+    replan_steps,
     save_state,
     train_step,
 )
@@ -101,6 +102,15 @@ def test_plan_with_total_steps_may_end_within_an_epoch() -> None:
     plan = plan_steps(_cfg("train.batch_size=64", "train.epochs=9", "train.warmup_epochs=1"), 640, total_steps=25)
     assert (plan.steps_per_epoch, plan.total_steps, plan.warmup_steps) == (10, 25, 10)
     assert lr_at(plan, 25) == pytest.approx(plan.final_lr)  # the schedule ends with the shorter run
+
+
+@pytest.mark.parametrize("total", [3, 25, 200])
+def test_a_replan_changes_only_the_length_and_the_clamped_warmup(total: int) -> None:
+    """What a resumed or time-budgeted run does without planning (and checking) the run again."""
+    cfg = _cfg("train.batch_size=64", "train.epochs=9", "train.warmup_epochs=1")
+    planned = plan_steps(cfg, 640)
+    assert replan_steps(planned, cfg.train, total) == plan_steps(cfg, 640, total_steps=total)
+    assert replan_steps(replan_steps(planned, cfg.train, 2), cfg.train, total).warmup_steps == min(10, total)
 
 
 def test_plan_needs_one_global_batch() -> None:

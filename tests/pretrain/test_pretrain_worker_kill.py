@@ -23,6 +23,7 @@ from sslcore.data.manifest import read_manifest
 from sslcore.train import plan_steps
 from tasks import ray_groups, ray_train
 from tasks.pretrain import run_name_for
+from tasks.train_worker import WorkerJob
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def test_killed_workers_are_replaced_up_to_max_failures_then_the_run_fails_and_r
     killer = threading.Thread(target=kill_twice, daemon=True)
     killer.start()
     with pytest.raises(ray_train.TrainingRunFailed) as failed:
-        ray_train.fit(cfg, record.shard_folder, str(storage), run_name)
+        ray_train.fit(WorkerJob.planned(cfg, record.shard_folder, str(storage), run_name))
     killer.join(timeout=5)
     assert len(kills) == 2, f"expected two kills, got {kills}"
     message = str(failed.value)
@@ -88,7 +89,7 @@ def test_killed_workers_are_replaced_up_to_max_failures_then_the_run_fails_and_r
     # leaves the same placement group deterministically.
     leaked = placement_group([{"CPU": cfg.ray.cpus_per_worker}] * cfg.ray.num_workers)
     ray.get(leaked.ready(), timeout=60)
-    outcome = ray_train.fit(cfg, record.shard_folder, str(storage), run_name)  # the stage run again
+    outcome = ray_train.fit(WorkerJob.planned(cfg, record.shard_folder, str(storage), run_name))  # the stage run again
     assert placement_group_table(leaked)["state"] == "REMOVED", "the left-behind placement group was removed"
     state = outcome.state
     assert outcome.steps == plan.total_steps, "the run must finish with the planned step count"
