@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +28,27 @@ from sslcore.resources import available_cpus
 
 class PreflightError(ValueError):
     """The configuration cannot run on this machine; the message names the fix."""
+
+
+# The checks that passed in the current :func:`preflight_scope`, or None outside one.
+_PASSED: ContextVar[set[str] | None] = ContextVar("sslpipe_preflight_passed", default=None)
+
+
+@contextmanager
+def preflight_scope() -> Iterator[None]:
+    """Within this scope a :func:`preflight` that passed is not run again for the same config and the
+    same checks. ``sslpipe`` runs its commands in one: the command checks before it starts Prefect,
+    and the flow's own preflight (which a deployment run needs) then skips the repeat."""
+    token = _PASSED.set(set())
+    try:
+        yield
+    finally:
+        _PASSED.reset(token)
+
+
+def _check_key(cfg: PipelineConfig, local_ray: bool, check_data: bool) -> str:
+    text = f"{cfg.model_dump_json()}|{local_ray}|{check_data}"  # secrets masked: they change no check's outcome here
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def check_local_resources(cfg: PipelineConfig) -> None:
@@ -139,10 +164,13 @@ def preflight(cfg: PipelineConfig, *, local_ray: bool, check_data: bool = True) 
 
     With ``check_data`` the sources are checked (the ingested one and every ``eval.datasets``
     source) and the evaluation plan is printed: which datasets have labels and which protocols
-    will score them.
+    will score them. Inside a :func:`preflight_scope`, checks that passed there already are skipped.
     """
     from sslcore.methods import check_method_backbone
 
+    passed, key = _PASSED.get(), _check_key(cfg, local_ray, check_data)
+    if passed is not None and key in passed:
+        return
     check_method_backbone(cfg)  # patch-based methods need a ViT: say so before anything starts
     if check_data:
         check_source(cfg.ingest, cfg.storage)
@@ -155,3 +183,5 @@ def preflight(cfg: PipelineConfig, *, local_ray: bool, check_data: bool = True) 
         print_plan(cfg, plan)
     if local_ray:
         check_local_resources(cfg)
+    if passed is not None:
+        passed.add(key)

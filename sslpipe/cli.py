@@ -325,8 +325,11 @@ def _print_summary(summary: Any) -> None:
 
 
 def main() -> None:
+    from sslcore.preflight import preflight_scope
+
     try:
-        app()
+        with preflight_scope():  # the command's pre-flight checks count for the flow it starts
+            app()
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
 

@@ -10,7 +10,7 @@ import torch
 from sslcore import preflight as preflight_module
 from sslcore.config import PipelineConfig, load_config
 from sslcore.data.sources import SourceError
-from sslcore.preflight import PreflightError, check_local_resources, preflight
+from sslcore.preflight import PreflightError, check_local_resources, preflight, preflight_scope
 
 
 @pytest.fixture()
@@ -144,3 +144,30 @@ def test_an_eval_dataset_named_like_the_ingested_data_fails_preflight(cpus: list
 
     with pytest.raises(ConfigError, match="'digits' is also the name of the ingested data"):
         preflight(_cfg(f"eval.datasets=[{{name: digits, path: {tmp_path}}}]"), local_ray=False, check_data=False)
+
+
+def test_a_scope_runs_each_passing_check_once(cpus: list[int], capsys) -> None:
+    """What ``sslpipe`` does: the command checks, then the flow's own preflight skips the repeat."""
+    cfg = _cfg()
+    with preflight_scope():
+        preflight(cfg, local_ray=True)
+        preflight(cfg, local_ray=True)
+        once = capsys.readouterr().out
+        preflight(cfg, local_ray=True, check_data=False)  # other checks: run
+        preflight(cfg, local_ray=False)  # so are these
+    preflight(cfg, local_ray=True)  # outside the scope: every call checks
+    after = capsys.readouterr().out
+    assert once and once.count(once.splitlines()[0]) == 1
+    assert after.count(once.splitlines()[0]) == 2
+
+
+def test_a_scope_still_checks_a_changed_config_and_forgets_failures(cpus: list[int], tmp_path: Path) -> None:
+    missing = _cfg("ingest.source.kind=folder", f"ingest.source.path={tmp_path / 'nope'}")
+    with preflight_scope():
+        preflight(_cfg(), local_ray=True)
+        for _ in range(2):  # a failed check is not remembered as passed
+            with pytest.raises(SourceError):
+                preflight(missing, local_ray=True)
+        cpus[0] = 1
+        with pytest.raises(PreflightError, match="CPUs"):
+            preflight(_cfg("ray.num_workers=4"), local_ray=True)
