@@ -1,12 +1,18 @@
-"""Bad input fails fast with one line naming the problem and the fix, and writes nothing to MLflow."""
+"""The ``sslpipe`` command line: bad input fails fast with one line naming the problem and the fix, and
+writes nothing to MLflow; every registered command is listed, documented and answers ``--help``."""
 
 from __future__ import annotations
 
+import importlib
+import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 
-from conftest import run_sslpipe
+from conftest import REPO, run_sslpipe
 
 
 def _assert_clean_failure(result, work: Path, *needles: str, one_line: bool = True) -> None:
@@ -112,8 +118,69 @@ def test_zero_images_after_ingestion(tmp_path: Path) -> None:
     assert len(rejects) == 1 and len(rejects[0].read_text().splitlines()) == 3
 
 
+def _registered_commands() -> dict[str, Any]:
+    """The commands of the ``sslpipe`` console script, read from the Typer app of the module that
+    ``[project.scripts]`` in pyproject.toml points it at."""
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["sslpipe"]
+    module = importlib.import_module(target.partition(":")[0])
+    (app,) = [value for value in vars(module).values() if isinstance(value, typer.Typer)]
+    return dict(typer.main.get_command(app).commands)  # name -> the (click) command that runs
+
+
+COMMANDS = _registered_commands()
+
+
 def test_help_lists_every_command(tmp_path: Path) -> None:
     result = run_sslpipe("--help", cwd=tmp_path, timeout=60)
-    assert result.returncode == 0
-    for command in ("run", "ingest", "pretrain", "evaluate", "register", "embed", "config"):
-        assert command in result.stdout
+    assert result.returncode == 0, result.stderr
+    panel = result.stdout.split("─ Commands ─", 1)[1]
+    listed = re.findall(r"^│ (\S+) ", panel, flags=re.MULTILINE)  # a row's first column; wrapped lines start blank
+    assert listed == [name for name, command in COMMANDS.items() if not command.hidden]
+
+
+def _opts(command: Any) -> set[str]:
+    return {opt for param in command.params for opt in (*param.opts, *param.secondary_opts) if opt.startswith("-")}
+
+
+def _shows(opt: str, text: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", text) is not None  # "-f", not the f of "--force"
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_each_command_shows_its_own_help(tmp_path: Path, name: str) -> None:
+    """``sslpipe <command> --help`` answers with that command's usage, description, options and arguments,
+    and no option that only another command has."""
+    command = COMMANDS[name]
+    result = run_sslpipe(name, "--help", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"Usage: sslpipe {name} [OPTIONS]" in out
+    flat = " ".join(out.replace("│", " ").split())  # undo rich's panels and line wrapping
+    assert " ".join(command.help.split("\n\n")[0].split()) in flat
+    own = _opts(command)
+    assert own and all(_shows(opt, out) for opt in own), (own, out)
+    others = set().union(*(_opts(cmd) for other, cmd in COMMANDS.items() if other != name)) - own
+    assert not [opt for opt in others if _shows(opt, out)], out
+    for arg in (p for p in command.params if p.param_type_name == "argument"):
+        assert re.search(rf"\b{arg.name}\b", out), (arg.name, out)
+
+
+def _documented_commands() -> set[str]:
+    """Sub-commands that README.md and docs/*.md show as ``sslpipe <command>`` in shell code: bash blocks
+    and inline code spans (``sslpipe pretrain | evaluate | register`` names three)."""
+    found: set[str] = set()
+    for doc in (REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))):
+        text = doc.read_text()
+        code = re.findall(r"^```bash\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+        prose = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+        code += re.findall(r"`([^`\n]+)`", prose)
+        for snippet in code:
+            for first, rest in re.findall(r"(?<![\w:@.-])sslpipe ([a-z]+)((?: \| [a-z]+)*)", snippet):
+                found |= {first, *re.findall(r"[a-z]+", rest)}
+    return found
+
+
+def test_every_command_is_documented_and_every_documented_command_exists() -> None:
+    documented = _documented_commands()
+    assert not set(COMMANDS) - documented, "commands missing from README.md and docs/"
+    assert not documented - set(COMMANDS), "documented commands the CLI does not have"

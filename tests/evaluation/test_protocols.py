@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
 import torch
+from scipy.special import gammaln, ive
 
 from sslcore.backbones import create_backbone
 from sslcore.config import load_config
 from sslcore.data.ingest import ingest
 from sslcore.evaluation.health import alignment, health_metrics, rankme, std_ratio, uniformity
+from sslcore.evaluation.knn import knn_accuracy
 from sslcore.evaluation.linear import carve_validation, few_shot, fit_linear, linear_probe
 from sslcore.evaluation.protocols import EvaluationError, LabelledSplit, check_label_spaces, evaluate_encoders
 from sslcore.inference import Encoder, EncoderSpec
@@ -81,13 +84,44 @@ def test_validation_split_is_stratified_disjoint_and_seeded() -> None:
     assert not torch.equal(val, carve_validation(y, 0.2, seed=4)[1])
 
 
-def test_few_shot_reports_mean_and_spread_over_seeds() -> None:
+def test_knn_and_few_shot_solve_separable_data() -> None:
     x, y = _separable(500, 5, 8, seed=2)
     tx, ty = _separable(200, 5, 8, seed=3)
-    mean, std = few_shot(x, y, tx, ty, 5, shots=1, seeds=4, c=1.0, max_iter=100)
-    assert 0.5 < mean <= 1.0 and std >= 0.0
-    mean10, _ = few_shot(x, y, tx, ty, 5, shots=10, seeds=2, c=1.0, max_iter=100)
-    assert mean10 >= mean - 0.05
+    assert knn_accuracy(tx, ty, x, y, num_classes=5, k=20, temperature=0.07)["top1"] > 0.99
+    mean, std = few_shot(x, y, tx, ty, 5, shots=1, seeds=3, c=1.0, max_iter=100)
+    assert mean > 0.99 and std < 0.01  # one label per class suffices for blobs this far apart
+
+
+def test_every_protocol_is_at_chance_on_labels_unrelated_to_the_features() -> None:
+    """Chance is 1/5 here; 1000 test samples put a fair protocol within 0.05 of it (four standard errors)."""
+    gen = torch.Generator().manual_seed(0)
+    x, tx = torch.randn(1000, 16, generator=gen), torch.randn(1000, 16, generator=gen)
+    y, ty = torch.randint(0, 5, (1000,), generator=gen), torch.randint(0, 5, (1000,), generator=gen)
+    scores = {
+        "knn": knn_accuracy(tx, ty, x, y, num_classes=5, k=20, temperature=0.07)["top1"],
+        "linear": linear_probe(x, y, tx, ty, 5, cs=(0.1, 1.0), max_iter=200, val_fraction=0.1, seed=0).top1,
+        "fewshot": few_shot(x, y, tx, ty, 5, shots=10, seeds=3, c=1.0, max_iter=100)[0],
+    }
+    assert all(abs(score - 0.2) < 0.05 for score in scores.values()), scores
+
+
+def test_few_shot_reports_the_mean_and_population_std_of_its_seeds() -> None:
+    """Seed ``i`` draws the same labels however many seeds run, so each draw's own score follows from
+    the means over 1, 2, 3 and 4 seeds; the reported std must be their population std."""
+    x, y = _separable(500, 5, 8, seed=2)
+    tx, ty = _separable(200, 5, 8, seed=3)
+    x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(7)) * 8  # overlapping classes:
+    tx = tx + torch.randn(tx.shape, generator=torch.Generator().manual_seed(8)) * 8  # draws score differently
+    runs = [few_shot(x, y, tx, ty, 5, shots=1, seeds=n, c=1.0, max_iter=100) for n in (1, 2, 3, 4)]
+    means = [0.0] + [mean for mean, _ in runs]
+    scores = [n * means[n] - (n - 1) * means[n - 1] for n in (1, 2, 3, 4)]
+    assert all(0.0 <= s <= 1.0 for s in scores), scores
+    assert runs[0][1] == 0.0  # one seed, no spread
+    for n, (_, std) in enumerate(runs, start=1):
+        assert std == pytest.approx(statistics.pstdev(scores[:n]), abs=1e-6)
+    assert runs[-1][1] > 0.02, scores  # the draws differ, so a std stuck at 0 fails above
+    ten_shot, _ = few_shot(x, y, tx, ty, 5, shots=10, seeds=4, c=1.0, max_iter=100)
+    assert ten_shot > runs[-1][0] + 0.1  # more labels per class help on overlapping classes
 
 
 def test_health_metrics_known_values() -> None:
@@ -102,7 +136,10 @@ def test_health_metrics_known_values() -> None:
     assert alignment(z, z) == pytest.approx(0.0, abs=1e-9)
     assert alignment(z, -z) == pytest.approx(4.0)
     assert uniformity(collapsed) == pytest.approx(0.0, abs=1e-6)  # every pair at distance 0
-    assert -4.0 <= uniformity(z) < -1.0
+    # u.v of independent uniform unit vectors in D dims has E exp(t u.v) = Γ(D/2) (2/t)^(D/2-1) I_(D/2-1)(t);
+    # |u-v|^2 = 2 - 2 u.v, so uniformity (t=2) is -4 + log of that at t=4: -3.752 for D=32
+    log_mgf = gammaln(16) + 15 * math.log(2 / 4) + math.log(ive(15, 4.0)) + 4.0  # ive(v, x) = iv(v, x) e^-x
+    assert uniformity(z) == pytest.approx(-4.0 + log_mgf, abs=0.02)
     assert math.isclose(std_ratio(torch.nn.functional.one_hot(torch.arange(32)).float()), std_ratio(torch.eye(32)))
 
 
@@ -142,7 +179,7 @@ def test_evaluation_is_deterministic_and_beats_nothing_it_should_not(tmp_path) -
         ["model.backbone=test_resnet", "eval.fewshot_seeds=2", "eval.fewshot_shots=[1, 5]", "eval.linear_c=[0.1, 1.0]"],
     )
     shards = ingest(cfg.ingest, tmp_path)
-    torch.manual_seed(0)
+    torch.manual_seed(cfg.train.seed)  # the weights the random-init baseline starts from
     state = create_backbone(cfg.model).state_dict()
     datasets = [("digits", shards.manifest, shards.folder)]
     first = evaluate_encoders(cfg, datasets, state)
@@ -151,10 +188,16 @@ def test_evaluation_is_deterministic_and_beats_nothing_it_should_not(tmp_path) -
     m = first.metrics
     assert m["digits/test_samples"] + m["digits/train_samples"] == 1797
     assert m["digits/pixels/knn_k20_top1"] > 0.95  # raw pixels are strong on digits
-    assert 0.0 < m["digits/ssl/knn_k20_top1"] <= 1.0
+    # "ssl" is given the very weights random_init is rebuilt from: every protocol must score both the same
+    ssl = {k.removeprefix("digits/ssl/"): v for k, v in m.items() if k.startswith("digits/ssl/") and "_vs_" not in k}
+    assert ssl == {
+        k.removeprefix("digits/random_init/"): v for k, v in m.items() if k.startswith("digits/random_init/")
+    }
     for enc in ("ssl", "random_init", "pixels"):
         for key in ("knn_k20_top1", "knn_k200_top1", "linear_top1", "fewshot_1shot_mean", "fewshot_5shot_std"):
             assert f"digits/{enc}/{key}" in m
+        assert m[f"digits/{enc}/knn_k20_top1"] > 0.5  # chance is 0.1: even random conv features find digits
+        assert m[f"digits/{enc}/fewshot_5shot_mean"] > m[f"digits/{enc}/fewshot_1shot_mean"] + 0.1
     assert first.headline == "digits/ssl/knn_k20_top1" and first.baseline == "digits/random_init/knn_k20_top1"
     # the paired test on the first kNN setting: pixels are far ahead of an untrained encoder on digits
     assert m["digits/ssl/knn_k20_vs_pixels_p"] < 1e-6
