@@ -16,10 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import pytest
 from PIL import Image
 
 from conftest import SSLPIPE, free_port, run_sslpipe
+from servers import PrefectProcesses, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -45,32 +44,7 @@ PARAMETERS = [
 ]
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-
-class Served:
+class Served(PrefectProcesses):
     """A Prefect server and ``sslpipe serve`` with their API URL, logs and work directory."""
 
     def __init__(self, root: Path) -> None:
@@ -106,7 +80,7 @@ class Served:
             start_new_session=True,
         )  # fmt: skip
         self.procs.append(server)
-        _wait_http(f"{self.api}/health", server, server_log)
+        wait_http(f"{self.api}/health", server, server_log)
         serve_log = self.root / "serve.log"
         serve = subprocess.Popen(
             [str(SSLPIPE), "serve", "--cron", "none", "--set", f"work_dir={self.work}"],
@@ -115,17 +89,6 @@ class Served:
         )  # fmt: skip
         self.procs.append(serve)
         self.call(self._wait_for_deployments, serve, serve_log)
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            _stop(proc)
-
-    def call(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` against this server (not the session's Prefect test harness)."""
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: self.api}):
-            return fn(*args)
 
     @staticmethod
     def _wait_for_deployments(serve: subprocess.Popen[bytes], log: Path) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from test_e2e import _stop, _wait_http
 
 from conftest import REPO, free_port
+from servers import PrefectProcesses, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ PREFECT_YAML = REPO / "infra" / "prefect.yaml"
 POOL = "sslpipe-process"
 
 
-class Deployed:
+class Deployed(PrefectProcesses):
     """A Prefect server, the work pool with infra/prefect.yaml's deployments, and a process worker."""
 
     def __init__(self, root: Path) -> None:
@@ -72,7 +72,7 @@ class Deployed:
             start_new_session=True,
         )  # fmt: skip
         self.procs.append(server)
-        _wait_http(f"{self.api}/health", server, server_log)
+        wait_http(f"{self.api}/health", server, server_log)
         self.prefect("work-pool", "create", POOL, "--type", "process", cwd=self.root)
         self.deploy_output = self.prefect("deploy", "--prefect-file", str(PREFECT_YAML), "--all", cwd=REPO)
         worker = subprocess.Popen(
@@ -81,17 +81,6 @@ class Deployed:
             start_new_session=True,
         )  # fmt: skip
         self.procs.append(worker)
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            _stop(proc)
-
-    def call(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` against this server (not the session's Prefect test harness)."""
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: self.api}):
-            return fn(*args)
 
 
 @pytest.fixture(scope="module")
