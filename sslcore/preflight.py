@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -30,8 +29,9 @@ class PreflightError(ValueError):
     """The configuration cannot run on this machine; the message names the fix."""
 
 
-# The checks that passed in the current :func:`preflight_scope`, or None outside one.
-_PASSED: ContextVar[set[str] | None] = ContextVar("sslpipe_preflight_passed", default=None)
+# The checks (config JSON, local_ray, check_data) that passed in the current :func:`preflight_scope`,
+# or None outside one. The JSON masks secrets: they change no check's outcome here.
+_PASSED: ContextVar[set[tuple[str, bool, bool]] | None] = ContextVar("sslpipe_preflight_passed", default=None)
 
 
 @contextmanager
@@ -44,11 +44,6 @@ def preflight_scope() -> Iterator[None]:
         yield
     finally:
         _PASSED.reset(token)
-
-
-def _check_key(cfg: PipelineConfig, local_ray: bool, check_data: bool) -> str:
-    text = f"{cfg.model_dump_json()}|{local_ray}|{check_data}"  # secrets masked: they change no check's outcome here
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def check_local_resources(cfg: PipelineConfig) -> None:
@@ -168,7 +163,7 @@ def preflight(cfg: PipelineConfig, *, local_ray: bool, check_data: bool = True) 
     """
     from sslcore.methods import check_method_backbone
 
-    passed, key = _PASSED.get(), _check_key(cfg, local_ray, check_data)
+    passed, key = _PASSED.get(), (cfg.model_dump_json(), local_ray, check_data)
     if passed is not None and key in passed:
         return
     check_method_backbone(cfg)  # patch-based methods need a ViT: say so before anything starts

@@ -80,6 +80,12 @@ def distillation_values(cfg: DINOConfig | DINOv2Config, step: int, plan: StepPla
     )
 
 
+def global_crops_koleo(features: Tensor) -> Tensor:
+    """KoLeo over the pooled features (2B, F) of the two global crops, each crop's batch on its own,
+    summed (DINOv2's)."""
+    return torch.stack([koleo_loss(part) for part in features.chunk(NUM_GLOBAL_CROPS)]).sum()
+
+
 def check_local_crop_size(backbone: nn.Module, size: int) -> None:
     """ViTs embed whole patches only: local crops must be a multiple of the patch size."""
     if is_vit(backbone):
@@ -100,6 +106,7 @@ class DINO(nn.Module):
 
     requires_vit: ClassVar[bool] = False
     vit_lr_scale: ClassVar[float] = 0.25  # reference ViT lr 5e-4 per 256 images; train.lr defaults to 2e-3
+    vit_koleo_weight: ClassVar[float] = 0.1  # DINOv2's; without it the student settles at uniform on ViTs
 
     def __init__(self, backbone: nn.Module, cfg: DINOConfig) -> None:
         super().__init__()
@@ -119,7 +126,7 @@ class DINO(nn.Module):
         self.teacher_backbone = momentum_copy(self.backbone)
         self.teacher_head = momentum_copy(self.head)
         self.center = Center(cfg.output_dim)
-        vit_koleo = 0.1 if is_vit(backbone) else 0.0
+        vit_koleo = self.vit_koleo_weight if is_vit(backbone) else 0.0
         self.koleo_weight = vit_koleo if cfg.koleo_loss_weight is None else cfg.koleo_loss_weight
 
     def forward(self, views: list[Tensor], values: StepValues | None = None) -> dict[str, Tensor]:
@@ -148,7 +155,7 @@ class DINO(nn.Module):
         entropy = -(targets * targets.clamp(min=1e-12).log()).sum(-1).mean()
         out = {"loss": distillation, "teacher_entropy": entropy.detach()}
         if self.koleo_weight > 0:
-            koleo = torch.stack([koleo_loss(part) for part in student_globals.chunk(NUM_GLOBAL_CROPS)]).sum()
+            koleo = global_crops_koleo(student_globals)
             out |= {"loss": distillation + self.koleo_weight * koleo, "dino_loss": distillation.detach()}
             out["koleo_loss"] = koleo.detach()
         return out

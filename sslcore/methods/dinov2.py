@@ -26,10 +26,16 @@ from torch import Tensor, nn
 
 from sslcore.config import AugmentConfig
 from sslcore.gradients import cancel_gradients_, clip_total_norm_
-from sslcore.losses import dino_loss, ibot_loss, koleo_loss
+from sslcore.losses import dino_loss, ibot_loss
 from sslcore.method_config import DINOv2Config
 from sslcore.methods.base import METHODS, StepValues
-from sslcore.methods.dino import NUM_GLOBAL_CROPS, check_local_crop_size, distillation_values, distillation_views
+from sslcore.methods.dino import (
+    NUM_GLOBAL_CROPS,
+    check_local_crop_size,
+    distillation_values,
+    distillation_views,
+    global_crops_koleo,
+)
 from sslcore.momentum import momentum_copy, update_momentum
 from sslcore.nn.centering import Center, centered_softmax, sinkhorn_knopp
 from sslcore.nn.heads import DINOProjectionHead
@@ -125,7 +131,7 @@ class DINOv2(nn.Module):
 
         dino = dino_loss(s_dino, dino_targets.view(NUM_GLOBAL_CROPS, batch, -1), student_temp=cfg.student_temp)
         ibot = ibot_loss(s_ibot, ibot_targets, masks, student_temp=cfg.student_temp)
-        koleo = torch.stack([koleo_loss(part) for part in s_global.chunk(NUM_GLOBAL_CROPS)]).sum()
+        koleo = global_crops_koleo(s_global)
         loss = cfg.dino_loss_weight * dino + cfg.ibot_loss_weight * ibot + cfg.koleo_loss_weight * koleo
 
         if cfg.centering == "center":
