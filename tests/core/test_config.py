@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +242,17 @@ def test_shard_dir_defaults_under_work_dir(tmp_path: Path) -> None:
     assert cfg.shard_dir == str(tmp_path.resolve() / "shards")
     cfg = load_config(None, [f"work_dir={tmp_path}", "ingest.output=s3://bucket/shards"])
     assert cfg.shard_dir == "s3://bucket/shards"
+
+
+def test_importing_the_config_leaves_the_warnings_filters_alone() -> None:
+    """Pydantic's 'Field name "register"' warning is silenced around the two classes only, not for
+    every program that imports sslcore."""
+    code = (
+        "import warnings; before = list(warnings.filters)\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always'); import sslcore.config\n"
+        "assert not seen, [str(w.message) for w in seen]\n"
+        "assert list(warnings.filters) == before, 'the import changed the warnings filters'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
